@@ -1,0 +1,66 @@
+"""The protocol's error codes, one enum for the server, the client and tests."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.IntEnum):
+    # 0..8 keep the original demo's numbers and wording: its clients match on them.
+    NO_ERROR = 0
+    CLIENT_TIMEOUT = 1
+    UNKNOWN_CLIENT_TIMEOUT = 2
+    JSON_DECODING = 3
+    JSON_ENCODING = 4
+    INVALID_USER_ID = 5
+    FRIEND_WITH_YOURSELF = 6
+    UNKNOWN = 7
+    SERVER_CONNECTION = 8
+    LINE_TOO_LONG = 9
+    AUTHENTICATION_FAILED = 10
+    TOO_MANY_FRIENDS = 11
+    NOT_LOGGED_IN = 12
+    INVALID_MESSAGE = 13
+    SLOW_CONSUMER = 14
+    SERVER_SHUTTING_DOWN = 15
+    TOO_MANY_CONNECTIONS = 16
+
+    @property
+    def wording(self) -> str:
+        return _WORDING[self]
+
+
+_WORDING = {
+    ErrorCode.NO_ERROR: "No Error",
+    ErrorCode.CLIENT_TIMEOUT: "Client timeout",
+    ErrorCode.UNKNOWN_CLIENT_TIMEOUT: "Unknown Client timeout",
+    ErrorCode.JSON_DECODING: "JSON decoding Error",
+    ErrorCode.JSON_ENCODING: "JSON encoding Error",
+    ErrorCode.INVALID_USER_ID: "Invalid UserID",
+    ErrorCode.FRIEND_WITH_YOURSELF: "You can't be friend with yourself",
+    ErrorCode.UNKNOWN: "Unknown Error",
+    ErrorCode.SERVER_CONNECTION: "Server Connection Error",
+    ErrorCode.LINE_TOO_LONG: "Line too long",
+    ErrorCode.AUTHENTICATION_FAILED: "Authentication failed",
+    ErrorCode.TOO_MANY_FRIENDS: "Too many friends",
+    ErrorCode.NOT_LOGGED_IN: "Not logged in",
+    ErrorCode.INVALID_MESSAGE: "Invalid message",
+    ErrorCode.SLOW_CONSUMER: "Slow consumer",
+    ErrorCode.SERVER_SHUTTING_DOWN: "Server shutting down",
+    ErrorCode.TOO_MANY_CONNECTIONS: "Too many connections",
+}
+
+
+class ProtocolError(Exception):
+    """A message broke the protocol; the session answers with C{code}."""
+
+    def __init__(self, code: ErrorCode, detail: str = "") -> None:
+        self.code = code
+        self.detail = detail
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        if self.detail:
+            return f"{self.code.wording}: {self.detail}"
+        return self.code.wording

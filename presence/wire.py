@@ -1,0 +1,213 @@
+"""The wire format: decoding and validating client lines, encoding server lines.
+
+Everything that knows what a byte on the wire means lives here, so the server,
+the client library and the tests agree on one definition.  Decoding raises
+L{ProtocolError} with the code PROTOCOL.md assigns; it never raises anything
+else, whatever the bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from presence.errors import ErrorCode, ProtocolError
+
+MAX_USER_ID = 2**63 - 1
+STATUSES = frozenset({"online", "away", "busy", "invisible"})
+MAX_TEXT = 256
+PING_MSG = "are you still there?"
+
+Json = dict[str, Any]
+
+
+# -- decoding -----------------------------------------------------------------
+
+
+def decode_line(line: bytes) -> Json:
+    """Parse one line (without its terminator) into a JSON object.
+
+    orjson rejects invalid UTF-8, lone surrogates, NaN/Infinity and nesting
+    deeper than 1024 levels, so none of those can reach the rest of the server.
+    """
+    try:
+        obj = orjson.loads(line)
+    except (orjson.JSONDecodeError, RecursionError, ValueError, TypeError) as e:
+        raise ProtocolError(ErrorCode.JSON_DECODING, str(e).split(":")[0]) from None
+    if type(obj) is not dict:
+        raise ProtocolError(ErrorCode.JSON_DECODING, "not a JSON object")
+    return obj
+
+
+def message_type(obj: Json) -> str:
+    """The message's C{type}; a message without one is a login."""
+    kind = obj.get("type", "login")
+    if type(kind) is not str:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "type must be a string")
+    return kind
+
+
+def is_user_id(value: object) -> bool:
+    # bool is a subclass of int, and 1.0 == 1: only a real int counts.
+    return type(value) is int and 1 <= value <= MAX_USER_ID  # type: ignore[operator]
+
+
+def user_id(value: object) -> int:
+    if not is_user_id(value):
+        raise ProtocolError(ErrorCode.INVALID_USER_ID, f"not a user id: {_short(value)}")
+    assert isinstance(value, int)
+    return value
+
+
+def id_set(value: object, field: str, me: int, max_friends: int) -> frozenset[int]:
+    """Validate a list of user ids: 5 for a bad id, then 6 for oneself, then 11."""
+    if type(value) is not list:
+        raise ProtocolError(ErrorCode.INVALID_USER_ID, f"{field} must be a list of ids")
+    for item in value:
+        if not is_user_id(item):
+            raise ProtocolError(
+                ErrorCode.INVALID_USER_ID, f"{field} holds {_short(item)}"
+            )
+    ids = frozenset(value)
+    if me in ids:
+        raise ProtocolError(ErrorCode.FRIEND_WITH_YOURSELF)
+    if len(ids) > max_friends:
+        raise ProtocolError(
+            ErrorCode.TOO_MANY_FRIENDS, f"{len(ids)} > {max_friends}"
+        )
+    return ids
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """A status and/or text to apply; None means "leave as it is"."""
+
+    status: str | None
+    text: str | None
+
+
+def status_fields(obj: Json, *, required: bool) -> StatusChange:
+    """Read C{status} and C{text} (error 13 when either is wrong).
+
+    In a C{status} message the status is required and a missing text clears
+    the text; in a login both are optional and a missing one is left alone.
+    """
+    status = obj.get("status")
+    if status is None:
+        if required:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "status is required")
+    elif type(status) is not str or status not in STATUSES:
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE,
+            f"status must be one of {', '.join(sorted(STATUSES))}",
+        )
+    text = obj.get("text")
+    if text is not None:
+        if type(text) is not str:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "text must be a string")
+        if len(text) > MAX_TEXT:
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE, f"text is longer than {MAX_TEXT} characters"
+            )
+    elif status is not None:
+        # Setting a status without a text clears the text.
+        text = ""
+    return StatusChange(status, text)
+
+
+@dataclass(frozen=True, slots=True)
+class FriendsChange:
+    """Either a whole new list (C{replace}) or ids to C{add} and C{remove}."""
+
+    replace: frozenset[int] | None
+    add: frozenset[int]
+    remove: frozenset[int]
+
+    def apply(self, current: frozenset[int]) -> frozenset[int]:
+        if self.replace is not None:
+            return self.replace
+        return (current - self.remove) | self.add
+
+
+def friends_change(
+    obj: Json, me: int, current: frozenset[int], max_friends: int
+) -> frozenset[int]:
+    """The watch list a C{friends} message asks for, validated."""
+    has_list = "friends" in obj
+    has_delta = "add" in obj or "remove" in obj
+    if has_list == has_delta:
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE, "give either friends, or add and/or remove"
+        )
+    if has_list:
+        change = FriendsChange(
+            id_set(obj["friends"], "friends", me, max_friends),
+            frozenset(),
+            frozenset(),
+        )
+    else:
+        change = FriendsChange(
+            None,
+            id_set(obj.get("add", []), "add", me, max_friends),
+            id_set(obj.get("remove", []), "remove", me, max_friends),
+        )
+    result = change.apply(current)
+    if len(result) > max_friends:
+        raise ProtocolError(
+            ErrorCode.TOO_MANY_FRIENDS, f"{len(result)} > {max_friends}"
+        )
+    return result
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# -- encoding -----------------------------------------------------------------
+
+
+def encode(message: Json) -> bytes:
+    """One server line: compact JSON and the C{\\n} terminator."""
+    return orjson.dumps(message) + b"\n"
+
+
+def welcome(uid: int, timeout: float) -> bytes:
+    return encode({"type": "welcome", "user_id": uid, "timeout": timeout})
+
+
+def online(uid: int, status: str, text: str) -> bytes:
+    return encode(
+        {"type": "presence", "user_id": uid, "online": True, "status": status,
+         "text": text}
+    )
+
+
+def offline(uid: int, last_seen: float) -> bytes:
+    return encode(
+        {"type": "presence", "user_id": uid, "online": False, "status": "offline",
+         "last_seen": last_seen}
+    )
+
+
+def error(code: ErrorCode, detail: str = "") -> bytes:
+    msg = code.wording if not detail else f"{code.wording}: {detail}"
+    return encode({"type": "error", "error": int(code), "msg": msg})
+
+
+PING = encode({"type": "ping", "msg": PING_MSG})
+PONG = encode({"type": "pong"})
+
+
+def client_message(kind: str, **fields: object) -> bytes:
+    """A client line, for the client library and tests."""
+    body: Json = {} if kind == "login" else {"type": kind}
+    body.update({k: v for k, v in fields.items() if v is not None})
+    return encode(body)
+
+
+def ids(values: Iterable[int]) -> list[int]:
+    return sorted(set(values))

@@ -1,0 +1,5 @@
+from twisted.application.service import ServiceMaker
+
+presence = ServiceMaker(
+    "presence", "presence.tap", "A presence server: who of my friends is online.", "presence"
+)
