@@ -52,12 +52,16 @@ def message_type(obj: Json) -> str:
 
 def is_user_id(value: object) -> bool:
     # bool is a subclass of int, and 1.0 == 1: only a real int counts.
-    return type(value) is int and 1 <= value <= MAX_USER_ID  # type: ignore[operator]
+    return type(value) is int and 1 <= value <= MAX_USER_ID
 
 
 def user_id(value: object) -> int:
+    if value is None:
+        raise ProtocolError(ErrorCode.INVALID_USER_ID, "user_id is missing")
     if not is_user_id(value):
-        raise ProtocolError(ErrorCode.INVALID_USER_ID, f"not a user id: {_short(value)}")
+        raise ProtocolError(
+            ErrorCode.INVALID_USER_ID, f"not a user id: {_short(value)}"
+        )
     assert isinstance(value, int)
     return value
 
@@ -176,7 +180,9 @@ def encode(message: Json) -> bytes:
 
 
 def welcome(uid: int, timeout: float) -> bytes:
-    return encode({"type": "welcome", "user_id": uid, "timeout": timeout})
+    # 15, not 15.0, as the demo wrote it; a fraction stays a fraction.
+    seconds: float = int(timeout) if float(timeout).is_integer() else timeout
+    return encode({"type": "welcome", "user_id": uid, "timeout": seconds})
 
 
 def online(uid: int, status: str, text: str) -> bytes:

@@ -1,0 +1,354 @@
+"""The sans-IO presence core: who is online, who watches whom, what changed.
+
+The registry never touches a socket or the reactor.  It is handed sessions
+(anything that provides L{ISession}), tells them about changes by calling
+C{deliver} with ready-encoded lines, and reads time and schedules the
+offline-grace timers through an injected L{IReactorTime} (C{task.Clock} in
+tests).  A distributed backend replaces this class; a cluster bridge can feed
+sessions of other processes in as L{ISession} providers whose C{deliver}
+forwards or ignores, without changing how local watchers are told.
+
+Cost model: a change of user X touches only the sessions watching X (the
+reverse index C{_watchers}) and encodes each event once for all of them; a
+session's own list changes touch only the ids that changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from zope.interface import Attribute, Interface
+
+from presence import wire
+from presence.wire import StatusChange
+
+INVISIBLE = "invisible"
+
+
+class ISession(Interface):
+    """A logged-in connection, as the registry sees it."""
+
+    user_id = Attribute("The user id this session logged in as (int).")
+
+    def deliver(data: bytes) -> None:
+        """Send one or more encoded server lines to the client."""
+
+
+class _User:
+    """What the registry knows of one user with at least one session."""
+
+    __slots__ = ("ended_at", "ghost", "grace", "line", "listed", "sessions",
+                 "status", "text", "uid")
+
+    def __init__(self, uid: int, status: str, text: str) -> None:
+        self.uid = uid
+        self.sessions: set[Any] = set()
+        self.status = status
+        self.text = text
+        # Mutual mode only: how many of this user's session lists hold each id.
+        self.listed: dict[int, int] = {}
+        # Offline grace: the last session's list and when it ended, kept until
+        # the grace runs out or a session comes back.
+        self.ghost: frozenset[int] = frozenset()
+        self.ended_at = 0.0
+        self.grace: IDelayedCall | None = None
+        # The encoded "online" event, shared by fan-out and snapshots.
+        self.line: bytes | None = None
+
+    @property
+    def visible(self) -> bool:
+        return bool(self.sessions or self.grace) and self.status != INVISIBLE
+
+    def online_line(self) -> bytes:
+        line = self.line
+        if line is None:
+            line = self.line = wire.online(self.uid, self.status, self.text)
+        return line
+
+
+class Registry:
+    """Presence state for one server process, with no IO of its own."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        *,
+        offline_grace: float = 0.0,
+        mutual: bool = False,
+    ) -> None:
+        self.clock = clock
+        self.offline_grace = offline_grace
+        self.mutual = mutual
+        self._users: dict[int, _User] = {}
+        self._watching: dict[Any, frozenset[int]] = {}
+        self._watchers: dict[int, set[Any]] = {}
+        self._stopping = False
+        # Called with (user_id, online) on each visible transition (metrics).
+        self.on_transition: Callable[[int, bool], None] | None = None
+        self.delivered = 0
+
+    # -- queries ------------------------------------------------------------
+
+    def session_count(self, uid: int) -> int:
+        user = self._users.get(uid)
+        return len(user.sessions) if user else 0
+
+    def is_online(self, uid: int) -> bool:
+        user = self._users.get(uid)
+        return user is not None and user.visible
+
+    def status_of(self, uid: int) -> tuple[str, str] | None:
+        user = self._users.get(uid)
+        if user is None or not user.visible:
+            return None
+        return user.status, user.text
+
+    def watching(self, session: Any) -> frozenset[int]:
+        return self._watching.get(session, frozenset())
+
+    @property
+    def users(self) -> int:
+        return len(self._users)
+
+    @property
+    def sessions(self) -> int:
+        return len(self._watching)
+
+    # -- changes ------------------------------------------------------------
+
+    def login(
+        self, session: Any, watch: frozenset[int], change: StatusChange
+    ) -> None:
+        """Add a logged-in session; then send it the snapshot of its friends."""
+        uid: int = session.user_id
+        user = self._users.get(uid)
+        if user is None:
+            user = self._users[uid] = _User(
+                uid, change.status or "online", change.text or ""
+            )
+            was_visible, before = False, (user.status, user.text)
+        else:
+            was_visible, before = user.visible, (user.status, user.text)
+            self._apply_status(user, change)
+        lost: Iterable[int] = ()
+        if user.grace is not None:
+            # Back within the grace: never offline.  Drop the old list's claim.
+            user.grace.cancel()
+            user.grace = None
+            lost = self._unlist(user, user.ghost)
+            user.ghost = frozenset()
+        user.sessions.add(session)
+        self._watch(session, watch)
+        gained = self._list(user, watch)
+        self._publish(user, was_visible, before, gained, lost)
+        self._snapshot(session, watch)
+
+    def logout(self, session: Any) -> None:
+        """Forget a session (closed, timed out, errored, said bye)."""
+        watch = self._watching.pop(session, None)
+        if watch is None:
+            return
+        self._unwatch(session, watch)
+        user = self._users[session.user_id]
+        user.sessions.discard(session)
+        if user.sessions:
+            lost = self._unlist(user, watch)
+            self._publish(user, user.visible, (user.status, user.text), (), lost)
+            return
+        now = self.clock.seconds()
+        if user.status == INVISIBLE:
+            self._forget(user)
+        elif self.offline_grace > 0 and not self._stopping:
+            user.ghost = watch
+            user.ended_at = now
+            user.grace = self.clock.callLater(
+                self.offline_grace, self._grace_over, user
+            )
+        else:
+            self._go_offline(user, now)
+
+    def set_status(self, session: Any, change: StatusChange) -> None:
+        user = self._users[session.user_id]
+        was_visible, before = user.visible, (user.status, user.text)
+        self._apply_status(user, change)
+        self._publish(user, was_visible, before, (), ())
+
+    def set_watch(self, session: Any, watch: frozenset[int]) -> None:
+        """Replace a session's watch list; snapshot the newly watched."""
+        old = self._watching[session]
+        added, removed = watch - old, old - watch
+        if not added and not removed:
+            return
+        user = self._users[session.user_id]
+        for uid in removed:
+            self._drop_watcher(uid, session)
+        watchers = self._watchers
+        for uid in added:
+            watchers.setdefault(uid, set()).add(session)
+        self._watching[session] = watch
+        gained = self._list(user, added)
+        lost = self._unlist(user, removed)
+        self._publish(user, user.visible, (user.status, user.text), gained, lost)
+        self._snapshot(session, added)
+
+    def stop(self) -> None:
+        """The server is stopping: tell nobody about anybody from now on."""
+        self._stopping = True
+        for user in self._users.values():
+            if user.grace is not None:
+                user.grace.cancel()
+                user.grace = None
+
+    # -- internals ----------------------------------------------------------
+
+    def _apply_status(self, user: _User, change: StatusChange) -> None:
+        if change.status is not None:
+            user.status = change.status
+        if change.text is not None:
+            user.text = change.text
+        user.line = None
+
+    def _watch(self, session: Any, watch: frozenset[int]) -> None:
+        self._watching[session] = watch
+        watchers = self._watchers
+        for uid in watch:
+            sessions = watchers.get(uid)
+            if sessions is None:
+                watchers[uid] = {session}
+            else:
+                sessions.add(session)
+
+    def _unwatch(self, session: Any, watch: Iterable[int]) -> None:
+        for uid in watch:
+            self._drop_watcher(uid, session)
+
+    def _drop_watcher(self, uid: int, session: Any) -> None:
+        sessions = self._watchers.get(uid)
+        if sessions is not None:
+            sessions.discard(session)
+            if not sessions:
+                del self._watchers[uid]
+
+    def _list(self, user: _User, ids: Iterable[int]) -> set[int]:
+        """Count ids into the user's mutual list; return the newly listed."""
+        if not self.mutual:
+            return set()
+        listed, gained = user.listed, set()
+        for uid in ids:
+            n = listed.get(uid, 0)
+            if n == 0:
+                gained.add(uid)
+            listed[uid] = n + 1
+        return gained
+
+    def _unlist(self, user: _User, ids: Iterable[int]) -> set[int]:
+        """Count ids out of the user's mutual list; return those no longer in."""
+        if not self.mutual:
+            return set()
+        listed, lost = user.listed, set()
+        for uid in ids:
+            n = listed.get(uid, 0) - 1
+            if n <= 0:
+                listed.pop(uid, None)
+                lost.add(uid)
+            else:
+                listed[uid] = n
+        return lost
+
+    def _sees(self, user: _User, watcher: int) -> bool:
+        return not self.mutual or watcher in user.listed
+
+    def _publish(
+        self,
+        user: _User,
+        was_visible: bool,
+        before: tuple[str, str],
+        gained: Iterable[int],
+        lost: Iterable[int],
+    ) -> None:
+        """Tell each watcher of C{user} whose view of it changed, once."""
+        if self._stopping:
+            return
+        watchers = self._watchers.get(user.uid)
+        if not watchers:
+            self._transition(user, was_visible)
+            return
+        visible = user.visible
+        restated = before != (user.status, user.text)
+        if not self.mutual:
+            if visible and (not was_visible or restated):
+                self._send(watchers, user.online_line())
+            elif was_visible and not visible:
+                self._send(watchers, wire.offline(user.uid, self.clock.seconds()))
+            self._transition(user, was_visible)
+            return
+        gained, lost = set(gained), set(lost)
+        on_line = off_line = b""
+        listed = user.listed
+        delivered = 0
+        for session in list(watchers):
+            w = session.user_id
+            now_listed = w in listed
+            old = was_visible and ((now_listed and w not in gained) or w in lost)
+            new = visible and now_listed
+            if new and (not old or restated):
+                on_line = on_line or user.online_line()
+                session.deliver(on_line)
+            elif old and not new:
+                off_line = off_line or wire.offline(user.uid, self.clock.seconds())
+                session.deliver(off_line)
+            else:
+                continue
+            delivered += 1
+        self.delivered += delivered
+        self._transition(user, was_visible)
+
+    def _transition(self, user: _User, was_visible: bool) -> None:
+        if self.on_transition is not None and user.visible != was_visible:
+            self.on_transition(user.uid, user.visible)
+
+    def _send(self, sessions: set[Any], line: bytes) -> None:
+        # Copy: a delivery may end a session (slow consumer) and so change the set.
+        for session in list(sessions):
+            session.deliver(line)
+        self.delivered += len(sessions)
+
+    def _snapshot(self, session: Any, ids: Iterable[int]) -> None:
+        if self._stopping:
+            return
+        users, me = self._users, session.user_id
+        lines = [
+            user.online_line()
+            for uid in ids
+            if (user := users.get(uid)) is not None
+            and user.visible
+            and self._sees(user, me)
+        ]
+        if lines:
+            session.deliver(b"".join(lines))
+            self.delivered += len(lines)
+
+    def _go_offline(self, user: _User, last_seen: float) -> None:
+        if not self._stopping:
+            watchers = self._watchers.get(user.uid)
+            if watchers:
+                line = wire.offline(user.uid, last_seen)
+                self._send(
+                    {s for s in watchers if self._sees(user, s.user_id)}
+                    if self.mutual
+                    else watchers,
+                    line,
+                )
+        self._forget(user)
+        if self.on_transition is not None:
+            self.on_transition(user.uid, False)
+
+    def _grace_over(self, user: _User) -> None:
+        user.grace = None
+        self._go_offline(user, user.ended_at)
+
+    def _forget(self, user: _User) -> None:
+        # The user's mutual list and ghost go with it: nobody sees it any more.
+        del self._users[user.uid]

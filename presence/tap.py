@@ -1,0 +1,150 @@
+"""The ``twistd presence`` plugin: command-line options and the service."""
+
+from __future__ import annotations
+
+import resource
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.internet import endpoints
+from twisted.logger import Logger
+from twisted.python import usage
+
+from presence.auth import TokenVerifier, read_secret
+from presence.factory import MIB, Config, PresenceFactory
+from presence.service import PresenceService
+
+log = Logger()
+
+# File descriptors kept back for what is not a client: listening sockets, the
+# reactor's waker and epoll, log files, the secret file.
+FD_RESERVE = 16
+
+
+def _positive(kind: type) -> Any:
+    def convert(value: str) -> Any:
+        number = kind(value)
+        if number <= 0:
+            raise ValueError(f"{value} is not positive")
+        return number
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def _non_negative(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise ValueError(f"{value} is negative")
+    return number
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = "Run a presence server: clients log in with one JSON line and are "\
+        "told at once when a friend comes online, goes offline or changes status."
+
+    optParameters = [
+        ["port", "p", "tcp:8081",
+         "Where to listen: a port number or a Twisted endpoint string "
+         "(tcp:PORT, ssl:PORT:privateKey=KEY:certKey=CERT, unix:PATH, ...)."],
+        ["timeout", "t", 15.0,
+         "Seconds of silence before a client is dropped (error 1); the server "
+         "pings after half of it. Also the login timeout.", _positive(float)],
+        ["offline-grace", None, 0.0,
+         "Seconds a user whose last session ended stays online for others, in "
+         "case it comes back.", _non_negative],
+        ["visibility", None, "open",
+         "open: a watcher sees whom it lists; mutual: only those who list it too."],
+        ["max-line", None, MIB, "Longest line accepted, in bytes (error 9).",
+         _positive(int)],
+        ["max-friends", None, 10_000, "Most ids in a watch list (error 11).",
+         _positive(int)],
+        ["max-connections", None, 20_000, "Most connections at once (error 16).",
+         _positive(int)],
+        ["max-per-ip", None, 1_000,
+         "Most connections from one source address (error 16).", _positive(int)],
+        ["max-sessions", None, 32, "Most sessions of one user (error 16).",
+         _positive(int)],
+        ["max-buffer", None, MIB,
+         "Most bytes queued for a client that does not read before it is cut "
+         "off (error 14).", _positive(int)],
+        ["secret-file", None, None,
+         "File holding the HMAC secret; logins must then carry a JWT (HS256)."],
+    ]
+
+    def opt_port(self, value: str) -> None:
+        self["port"] = f"tcp:{value}" if value.isdigit() else value
+
+    def postOptions(self) -> None:
+        if self["visibility"] not in ("open", "mutual"):
+            raise usage.UsageError("--visibility must be open or mutual")
+        if self["secret-file"] is not None:
+            try:
+                self["secret"] = read_secret(self["secret-file"])
+            except (OSError, ValueError) as e:
+                raise usage.UsageError(f"--secret-file: {e}") from None
+        else:
+            self["secret"] = None
+
+    def config(self, max_connections: int | None = None) -> Config:
+        return Config(
+            timeout=self["timeout"],
+            offline_grace=self["offline-grace"],
+            mutual=self["visibility"] == "mutual",
+            max_line=self["max-line"],
+            max_friends=self["max-friends"],
+            max_connections=max_connections or self["max-connections"],
+            max_per_ip=self["max-per-ip"],
+            max_sessions=self["max-sessions"],
+            max_buffer=self["max-buffer"],
+        )
+
+
+def connection_budget(wanted: int) -> int:
+    """Raise the file limit as far as allowed; fit C{wanted} connections in it.
+
+    Running out of descriptors makes accept() fail in a tight loop; refusing
+    with error 16 below the limit keeps the server responsive instead.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and (soft < target):
+        new = target if hard == resource.RLIM_INFINITY else min(target, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    spare = soft - FD_RESERVE if soft > 2 * FD_RESERVE else soft // 2
+    budget = max(1, min(wanted, spare))
+    if budget < wanted:
+        log.warn(
+            "file limit {soft} allows {budget} connections, not {wanted}: "
+            "raise it (ulimit -n) to hold more",
+            soft=soft, budget=budget, wanted=wanted,
+        )
+    return budget
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    secret = options["secret"]
+    if secret is None:
+        log.warn(
+            "no --secret-file: user ids are NOT authenticated, any client may "
+            "log in as any user"
+        )
+    config = options.config(connection_budget(options["max-connections"]))
+    factory = PresenceFactory(
+        reactor,
+        config,
+        TokenVerifier(secret) if secret is not None else None,
+    )
+    description = options["port"]
+    endpoint = endpoints.serverFromString(reactor, description)
+    scheme = description.split(":", 1)[0] if ":" in description else "tcp"
+    return PresenceService(endpoint, factory, reactor, scheme)
