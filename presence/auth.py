@@ -1,4 +1,8 @@
-"""Login tokens: HS256 JWTs whose C{sub} is the user id (PyJWT does the work)."""
+"""Login tokens: HS256 JWTs whose C{sub} is the user id (PyJWT does the work).
+
+Whatever a client puts in C{token}, L{TokenVerifier.verify} answers with the
+claim or with L{ProtocolError} 10; nothing else escapes it.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,17 @@ import time
 from pathlib import Path
 
 import jwt
+from twisted.logger import Logger
 
 from presence import wire
 from presence.errors import ErrorCode, ProtocolError
 
 ALGORITHM = "HS256"
 LEEWAY = 60  # seconds of clock skew tolerated on "exp"
+# RFC 7518 3.2: an HS256 key should hold at least 256 bits.
+MIN_SECRET = 32
+
+log = Logger()
 
 
 def read_secret(path: str | Path) -> bytes:
@@ -25,6 +34,15 @@ class TokenVerifier:
     """Checks a login's token against the server's secret."""
 
     def __init__(self, secret: bytes) -> None:
+        if not secret:
+            raise ValueError("the token secret is empty")
+        if len(secret) < MIN_SECRET:
+            log.warn(
+                "the token secret is {n} bytes long: use at least {min} random "
+                "bytes (e.g. openssl rand -hex 32)",
+                n=len(secret),
+                min=MIN_SECRET,
+            )
         self._secret = secret
 
     def verify(self, token: object, uid: int) -> frozenset[int] | None:
@@ -47,7 +65,14 @@ class TokenVerifier:
             raise ProtocolError(
                 ErrorCode.AUTHENTICATION_FAILED, f"invalid token ({type(e).__name__})"
             ) from None
-        if claims.get("sub") != str(uid):
+        except Exception as e:
+            # PyJWT is meant to raise only InvalidTokenError; should some odd
+            # token slip past that, it is still just a refused token.
+            raise ProtocolError(
+                ErrorCode.AUTHENTICATION_FAILED, f"invalid token ({type(e).__name__})"
+            ) from None
+        sub = claims.get("sub")
+        if type(sub) is not str or sub != str(uid):
             raise ProtocolError(
                 ErrorCode.AUTHENTICATION_FAILED, "token is for another user"
             )
