@@ -1,0 +1,140 @@
+"""C{presence-bench}: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from presence.bench.report import print_report, targets, write_json, write_plot
+from presence.bench.runner import Bench, Options
+from presence.bench.server import parse_server
+
+
+def parse_rates(text: str) -> list[float | None]:
+    """C{"500,2000,max"}: events per second; C{max} is as fast as possible."""
+    rates: list[float | None] = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        if not item:
+            continue
+        if item in ("max", "fast", "0"):
+            rates.append(None)
+            continue
+        value = float(item)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"bad rate {item!r}")
+        rates.append(value)
+    if len(rates) > 50:
+        raise argparse.ArgumentTypeError("at most 50 rates")
+    return rates
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="presence-bench",
+        description="Drive a presence server with N logged-in users and measure "
+        "memory, idle CPU, login rate, fan-out CPU and latency, and churn.",
+    )
+    p.add_argument("--users", type=int, default=1000, help="connections (default 1000)")
+    p.add_argument("--friends", type=int, default=20, help="friends per user (20)")
+    p.add_argument("--seed", type=int, default=1, help="friend graph seed (1)")
+    p.add_argument("--hold", type=float, default=30.0,
+                   help="seconds all users sit idle (30; >= timeout to see heartbeats)")
+    p.add_argument("--rates", type=parse_rates,
+                   default=parse_rates("500,1000,2000,max"),
+                   help="fan-out status changes per second, comma separated; 'max' "
+                   "is as fast as the in-flight window allows (500,1000,2000,max)")
+    p.add_argument("--rate", type=float, default=None,
+                   help="a single fan-out rate (instead of --rates)")
+    p.add_argument("--phase-seconds", type=float, default=10.0,
+                   help="seconds of sending per fan-out rate (10)")
+    p.add_argument("--window", type=int, default=4000,
+                   help="deliveries in flight in the 'max' phase (4000)")
+    p.add_argument("--churn-rate", type=float, default=200.0,
+                   help="disconnects per second in the churn phase (200)")
+    p.add_argument("--churn-seconds", type=float, default=10.0,
+                   help="seconds of churn, 0 to skip (10)")
+    p.add_argument("--churn-delay", type=float, default=1.0,
+                   help="seconds before a churned user reconnects (1)")
+    p.add_argument("--workers", type=int, default=2, help="load processes (2)")
+    p.add_argument("--login-concurrency", type=int, default=400,
+                   help="logins in flight, all workers together (400)")
+    p.add_argument("--per-address", type=int, default=900,
+                   help="connections per source address 127.0.0.x (900)")
+    p.add_argument("--addresses", type=int, default=0,
+                   help="source addresses to use (default: users / per-address)")
+    p.add_argument("--server", default=None,
+                   help="HOST:PORT of a running server instead of starting one")
+    p.add_argument("--server-pid", type=int, default=None,
+                   help="pid of the --server process (default: found by its port)")
+    p.add_argument("--timeout", type=float, default=15.0,
+                   help="--timeout of the server started (15)")
+    p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                   help="extra option for the server started (repeatable), "
+                   "e.g. --server-arg=--max-friends=100")
+    p.add_argument("--server-log", type=Path, default=None,
+                   help="where the started server's output goes (a temp dir)")
+    p.add_argument("--no-pin", dest="pin", action="store_false",
+                   help="do not pin the server to the first CPU and the load "
+                   "generator to the others")
+    p.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="seconds to wait for deliveries after a phase (30)")
+    p.add_argument("--login-timeout", type=float, default=0.0,
+                   help="seconds allowed for the login phase (default max(60, N/100))")
+    p.add_argument("--out", type=Path, default=None, help="write results JSON here")
+    p.add_argument("--plot", type=Path, default=None, help="write a PNG plot here")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars on stderr")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.users < 2 or args.users > 1_000_000:
+        raise SystemExit("presence-bench: --users must be 2..1000000")
+    if args.workers < 1 or args.workers > 64:
+        raise SystemExit("presence-bench: --workers must be 1..64")
+    server = None
+    if args.server:
+        try:
+            server = parse_server(args.server)
+        except ValueError as e:
+            raise SystemExit(f"presence-bench: --server: {e}") from None
+    opts = Options(
+        users=args.users,
+        friends=args.friends,
+        seed=args.seed,
+        hold=args.hold,
+        rates=[args.rate] if args.rate else args.rates,
+        phase_seconds=args.phase_seconds,
+        churn_rate=args.churn_rate,
+        churn_seconds=args.churn_seconds,
+        churn_delay=args.churn_delay,
+        workers=args.workers,
+        login_concurrency=args.login_concurrency,
+        window=args.window,
+        per_address=args.per_address,
+        addresses=args.addresses,
+        server=server,
+        server_pid=args.server_pid,
+        server_args=args.server_arg,
+        timeout=args.timeout,
+        pin=args.pin,
+        progress=args.progress,
+        drain_timeout=args.drain_timeout,
+        login_timeout=args.login_timeout,
+        server_log=args.server_log,
+    )
+    results = Bench(opts).run()
+    results["targets"] = targets(results)
+    print_report(results, sys.stdout)
+    if args.out:
+        write_json(results, args.out)
+    if args.plot:
+        write_plot(results, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
