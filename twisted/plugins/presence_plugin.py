@@ -1,5 +1,6 @@
 from twisted.application.service import ServiceMaker
 
 presence = ServiceMaker(
-    "presence", "presence.tap", "A presence server: who of my friends is online.", "presence"
+    "presence", "presence.tap", "A presence server: who of my friends is online.",
+    "presence",
 )

@@ -1,0 +1,660 @@
+"""PresenceProtocol over StringTransport with a task.Clock: the wire contract."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from presence import wire
+from presence.errors import ErrorCode
+from presence.test.support import FakeClient, Harness
+
+
+class ErrorAssertions(SynchronousTestCase):
+    def assertError(self, client: FakeClient, code: ErrorCode, fatal: bool) -> None:
+        messages = client.received()
+        self.assertEqual(len(messages), 1, messages)
+        self.assertEqual(messages[0]["type"], "error")
+        self.assertEqual(messages[0]["error"], int(code))
+        self.assertTrue(messages[0]["msg"].startswith(code.wording), messages[0])
+        self.assertEqual(client.closed, fatal)
+
+
+class LoginTests(ErrorAssertions):
+    def setUp(self) -> None:
+        self.h = Harness()
+
+    def test_demo_login(self) -> None:
+        """The demo's login line is answered by welcome with the timeout."""
+        c = self.h.connect()
+        c.transport.clear()
+        c.send(b'{"user_id": 1, "friends": [2, 3, 4]}\n')
+        self.assertEqual(
+            c.transport.value(), b'{"type":"welcome","user_id":1,"timeout":15}\n'
+        )
+        self.assertTrue(self.h.registry.is_online(1))
+
+    def test_login_type_explicit(self) -> None:
+        """A login may say "type": "login"."""
+        c = self.h.connect()
+        c.send({"type": "login", "user_id": 7})
+        self.assertEqual(c.received()[0]["type"], "welcome")
+
+    def test_snapshot_after_welcome(self) -> None:
+        """After welcome, one online event per online friend, with status/text."""
+        self.h.login(2, status="away", text="lunch")
+        self.h.login(3)
+        c = self.h.connect()
+        c.send({"user_id": 1, "friends": [2, 3, 4]})
+        messages = c.received()
+        self.assertEqual(messages[0]["type"], "welcome")
+        self.assertEqual(
+            sorted((m["user_id"], m["status"], m["text"]) for m in messages[1:]),
+            [(2, "away", "lunch"), (3, "online", "")],
+        )
+
+    def test_bad_user_ids(self) -> None:
+        """Missing, boolean, float, string, zero, negative, 2**63 ids: fatal 5."""
+        for bad in ({}, {"user_id": True}, {"user_id": 1.0}, {"user_id": "1"},
+                    {"user_id": 0}, {"user_id": -1}, {"user_id": 2**63},
+                    {"user_id": None}):
+            c = self.h.connect()
+            c.send(bad)
+            self.assertError(c, ErrorCode.INVALID_USER_ID, fatal=True)
+        self.assertEqual(self.h.registry.users, 0)
+
+    def test_largest_user_id(self) -> None:
+        """2**63-1 is a valid user id."""
+        c = self.h.connect()
+        c.send({"user_id": 2**63 - 1})
+        self.assertEqual(c.received()[0]["user_id"], 2**63 - 1)
+
+    def test_bad_friends(self) -> None:
+        """A friends list that is not a list of ids is fatal error 5 in a login."""
+        for bad in (5, "2,3", [2, "3"], [2, True], [0], None):
+            c = self.h.connect()
+            c.send({"user_id": 1, "friends": bad})
+            self.assertError(c, ErrorCode.INVALID_USER_ID, fatal=True)
+
+    def test_friend_with_yourself(self) -> None:
+        """Listing oneself is fatal error 6, and the user is never online."""
+        watcher = self.h.login(2, [5])
+        c = self.h.connect()
+        c.send({"user_id": 5, "friends": [2, 3, 4, 5]})
+        self.assertError(c, ErrorCode.FRIEND_WITH_YOURSELF, fatal=True)
+        c.lose()
+        self.assertFalse(self.h.registry.is_online(5))
+        self.assertEqual(watcher.received(), [])
+
+    def test_too_many_friends(self) -> None:
+        """More distinct ids than --max-friends is fatal 11; duplicates count once."""
+        h = Harness(max_friends=3)
+        c = h.connect()
+        c.send({"user_id": 1, "friends": [2, 2, 3, 4, 4]})
+        self.assertEqual(c.received()[0]["type"], "welcome")
+        c = h.connect()
+        c.send({"user_id": 1, "friends": [2, 3, 4, 5]})
+        self.assertError(c, ErrorCode.TOO_MANY_FRIENDS, fatal=True)
+
+    def test_check_order(self) -> None:
+        """A login with several faults gets the first in PROTOCOL.md's order."""
+        c = self.h.connect()
+        c.send({"user_id": 0, "friends": [1, 1], "status": "bogus"})
+        self.assertError(c, ErrorCode.INVALID_USER_ID, fatal=True)
+        c = self.h.connect()
+        c.send({"user_id": 1, "friends": [1], "status": "bogus"})
+        self.assertError(c, ErrorCode.FRIEND_WITH_YOURSELF, fatal=True)
+        c = self.h.connect()
+        c.send({"user_id": 1, "friends": [2, "x", 1]})
+        self.assertError(c, ErrorCode.INVALID_USER_ID, fatal=True)
+
+    def test_bad_status_in_login(self) -> None:
+        """A bad status or text in a login is fatal error 13."""
+        for bad in ({"status": "gone"}, {"status": 1}, {"text": 5},
+                    {"status": "away", "text": "x" * 257}):
+            c = self.h.connect()
+            c.send({"user_id": 1, **bad})
+            self.assertError(c, ErrorCode.INVALID_MESSAGE, fatal=True)
+        self.assertFalse(self.h.registry.is_online(1))
+
+    def test_other_message_before_login(self) -> None:
+        """Any message but a login before the login is fatal error 12."""
+        for kind in ("ping", "pong", "status", "friends", "bye", "nonsense"):
+            c = self.h.connect()
+            c.send({"type": kind})
+            self.assertError(c, ErrorCode.NOT_LOGGED_IN, fatal=True)
+
+    def test_type_not_a_string(self) -> None:
+        """A type that is not a string is error 13, fatal before login."""
+        c = self.h.connect()
+        c.send({"type": 5, "user_id": 1})
+        self.assertError(c, ErrorCode.INVALID_MESSAGE, fatal=True)
+
+    def test_rejected_login_never_online(self) -> None:
+        """A rejected login sends no event to the user's watchers, not even briefly."""
+        watcher = self.h.login(2, [1])
+        for bad in ({"user_id": 1, "friends": [1]},
+                    {"user_id": 1, "friends": [2], "status": "nope"}):
+            c = self.h.connect()
+            c.send(bad)
+            c.lose()
+        self.assertEqual(watcher.received(), [])
+        self.assertFalse(self.h.registry.is_online(1))
+
+    def test_too_many_sessions(self) -> None:
+        """A login past --max-sessions for the user is fatal error 16."""
+        h = Harness(max_sessions=2)
+        first, second = h.login(1), h.login(1)
+        c = h.connect()
+        c.send({"user_id": 1})
+        self.assertError(c, ErrorCode.TOO_MANY_CONNECTIONS, fatal=True)
+        c.lose()
+        self.assertEqual(h.registry.session_count(1), 2)
+        self.assertFalse(first.closed or second.closed)
+
+
+class JsonErrorTests(ErrorAssertions):
+    def setUp(self) -> None:
+        self.h = Harness()
+
+    def test_not_json(self) -> None:
+        """Text that is not JSON, bad UTF-8, non-objects, deep nesting: fatal 3."""
+        for line in (b"hello", b"\xff\xfe", b"[1, 2]", b'"x"', b"1", b"null",
+                     b'{"user_id": 1', b"[" * 100_000, b'{"a": NaN}',
+                     b'{"t": "\\ud800"}'):
+            c = self.h.connect()
+            c.send(line + b"\n")
+            self.assertError(c, ErrorCode.JSON_DECODING, fatal=True)
+
+    def test_not_json_after_login(self) -> None:
+        """Error 3 is fatal after login too, and the user goes offline."""
+        watcher = self.h.login(2, [1])
+        c = self.h.login(1, [2])
+        watcher.received()
+        c.send(b"{oops\n")
+        self.assertError(c, ErrorCode.JSON_DECODING, fatal=True)
+        c.lose()
+        self.assertEqual(watcher.events(), [(1, False, "offline")])
+
+
+class FramingTests(ErrorAssertions):
+    def setUp(self) -> None:
+        self.h = Harness(max_line=100)
+
+    def test_split_writes(self) -> None:
+        """A line arriving in pieces is one message."""
+        c = self.h.connect()
+        for piece in (b'{"user', b'_id": 1', b', "friends": [2]', b"}", b"\n"):
+            c.proto.dataReceived(piece)
+        self.assertEqual(c.received()[0]["type"], "welcome")
+
+    def test_many_in_one_write(self) -> None:
+        """Several messages in one write are each handled, in order."""
+        c = self.h.connect()
+        c.send({"user_id": 1}, {"type": "ping"}, {"type": "ping"})
+        self.assertEqual([m["type"] for m in c.received()],
+                         ["welcome", "pong", "pong"])
+
+    def test_crlf(self) -> None:
+        """\\r\\n terminates a line like \\n; the server writes \\n."""
+        c = self.h.connect()
+        c.send(b'{"user_id": 1}\r\n{"type": "ping"}\r\n')
+        self.assertEqual(c.transport.value().count(b"\r"), 0)
+        self.assertEqual([m["type"] for m in c.received()], ["welcome", "pong"])
+
+    def test_blank_lines(self) -> None:
+        """Blank lines are no message but count as activity."""
+        c = self.h.login(1)
+        self.h.clock.advance(7)
+        c.send(b"\n", b"\r\n", b"   \n")
+        self.h.clock.advance(7)
+        self.assertEqual(c.received(), [])
+        self.assertFalse(c.closed)
+
+    def test_exact_limit(self) -> None:
+        """A line of exactly --max-line bytes is allowed, with \\n or \\r\\n."""
+        line = b'{"user_id": 1, "text": "' + b"x" * 50 + b'"}'
+        line = line[:-2] + b" " * (100 - len(line)) + b"}"[:0] + line[-2:]
+        self.assertEqual(len(line), 100)
+        for end in (b"\n", b"\r\n"):
+            c = self.h.connect()
+            c.send(line + end)
+            self.assertEqual(c.received()[0]["type"], "welcome")
+
+    def test_too_long(self) -> None:
+        """A line one byte over --max-line is fatal error 9."""
+        c = self.h.connect()
+        c.send(b" " * 101 + b"\n")
+        self.assertError(c, ErrorCode.LINE_TOO_LONG, fatal=True)
+
+    def test_too_long_unterminated(self) -> None:
+        """Error 9 comes as soon as the limit is passed, before any terminator."""
+        c = self.h.connect()
+        c.proto.dataReceived(b"x" * 100)
+        self.assertEqual(c.received(), [])
+        c.proto.dataReceived(b"x")
+        self.assertError(c, ErrorCode.LINE_TOO_LONG, fatal=True)
+
+    def test_unterminated_cr_at_limit(self) -> None:
+        """A full-length line whose \\r has come but not its \\n is still waiting."""
+        c = self.h.connect()
+        body = b'{"user_id": 1}'
+        c.proto.dataReceived(body + b" " * (100 - len(body)) + b"\r")
+        self.assertEqual(c.received(), [])
+        c.proto.dataReceived(b"\n")
+        self.assertEqual(c.received()[0]["type"], "welcome")
+
+    def test_nothing_after_fatal(self) -> None:
+        """Lines after a fatal error in the same write are not handled."""
+        c = self.h.connect()
+        c.send(b"nope\n", {"user_id": 1})
+        self.assertError(c, ErrorCode.JSON_DECODING, fatal=True)
+        self.assertFalse(self.h.registry.is_online(1))
+
+
+class MessageTests(ErrorAssertions):
+    def setUp(self) -> None:
+        self.h = Harness()
+        self.watcher = self.h.login(9, [1])
+        self.c = self.h.login(1, [2, 3])
+        self.assertEqual(self.watcher.events(), [(1, True, "online")])
+
+    def test_ping(self) -> None:
+        """A client ping is answered by pong."""
+        self.c.send({"type": "ping"})
+        self.assertEqual(self.c.received(), [{"type": "pong"}])
+
+    def test_pong(self) -> None:
+        """A client pong gets no answer."""
+        self.c.send({"type": "pong"})
+        self.assertEqual(self.c.received(), [])
+        self.assertFalse(self.c.closed)
+
+    def test_bye(self) -> None:
+        """bye closes cleanly, without an error; the user goes offline."""
+        self.c.send({"type": "bye"})
+        self.assertEqual(self.c.received(), [])
+        self.assertTrue(self.c.closed)
+        self.c.lose()
+        self.assertEqual(self.watcher.events(), [(1, False, "offline")])
+
+    def test_status(self) -> None:
+        """A status change reaches watchers with its text."""
+        self.c.send({"type": "status", "status": "away", "text": "lunch"})
+        self.assertEqual(self.watcher.received(), [
+            {"type": "presence", "user_id": 1, "online": True, "status": "away",
+             "text": "lunch"}])
+
+    def test_status_text_cleared(self) -> None:
+        """A status message without text clears the text."""
+        self.c.send({"type": "status", "status": "away", "text": "lunch"})
+        self.c.send({"type": "status", "status": "away"})
+        self.assertEqual([m["text"] for m in self.watcher.received()],
+                         ["lunch", ""])
+
+    def test_status_text_limit(self) -> None:
+        """256 code points of text are allowed, 257 are error 13 (not fatal)."""
+        self.c.send({"type": "status", "status": "busy", "text": "é" * 256})
+        self.assertEqual(self.c.received(), [])
+        self.c.send({"type": "status", "status": "busy", "text": "é" * 257})
+        self.assertError(self.c, ErrorCode.INVALID_MESSAGE, fatal=False)
+
+    def test_bad_status(self) -> None:
+        """A missing or unknown status is error 13, not fatal; nothing changes."""
+        for bad in ({}, {"status": "offline"}, {"status": None}, {"status": "away",
+                    "text": 3}):
+            self.c.send({"type": "status", **bad})
+            self.assertError(self.c, ErrorCode.INVALID_MESSAGE, fatal=False)
+        self.assertEqual(self.watcher.received(), [])
+
+    def test_same_status_no_event(self) -> None:
+        """Setting the status it already has sends no event."""
+        self.c.send({"type": "status", "status": "online"})
+        self.assertEqual(self.watcher.received(), [])
+
+    def test_invisible(self) -> None:
+        """Invisible is offline for watchers at once, with last_seen; back is online."""
+        self.h.clock.advance(2.5)
+        self.c.send({"type": "status", "status": "invisible"})
+        self.assertEqual(self.watcher.received(), [
+            {"type": "presence", "user_id": 1, "online": False, "status": "offline",
+             "last_seen": self.h.clock.seconds()}])
+        self.c.send({"type": "status", "status": "busy"})
+        self.assertEqual(self.watcher.events(), [(1, True, "busy")])
+
+    def test_unknown_type(self) -> None:
+        """An unknown type after login is error 13, not fatal."""
+        self.c.send({"type": "dance"})
+        self.assertError(self.c, ErrorCode.INVALID_MESSAGE, fatal=False)
+        self.c.send({"type": "ping"})
+        self.assertEqual(self.c.received(), [{"type": "pong"}])
+
+    def test_friends_replace(self) -> None:
+        """friends replaces the list; newly watched online friends are snapshotted."""
+        self.h.login(4)
+        self.c.send({"type": "friends", "friends": [3, 4]})
+        self.assertEqual(self.c.events(), [(4, True, "online")])
+        self.assertEqual(self.c.proto.friends, frozenset({3, 4}))
+
+    def test_friends_add_remove(self) -> None:
+        """add/remove change the list; removal sends nothing."""
+        self.h.login(5)
+        self.c.send({"type": "friends", "add": [5], "remove": [2]})
+        self.assertEqual(self.c.events(), [(5, True, "online")])
+        self.assertEqual(self.c.proto.friends, frozenset({3, 5}))
+        self.c.send({"type": "friends", "remove": [5]})
+        self.assertEqual(self.c.received(), [])
+
+    def test_friends_errors_not_fatal(self) -> None:
+        """Bad friends updates are 5, 6, 11 or 13, not fatal; the old list stays."""
+        h = Harness(max_friends=3)
+        c = h.login(1, [2, 3])
+        for message, code in (
+            ({"friends": [0]}, ErrorCode.INVALID_USER_ID),
+            ({"add": ["7"]}, ErrorCode.INVALID_USER_ID),
+            ({"friends": [1, 2]}, ErrorCode.FRIEND_WITH_YOURSELF),
+            ({"add": [1]}, ErrorCode.FRIEND_WITH_YOURSELF),
+            ({"add": [4, 5]}, ErrorCode.TOO_MANY_FRIENDS),
+            ({"friends": [2, 3, 4, 5]}, ErrorCode.TOO_MANY_FRIENDS),
+            ({"friends": [2], "add": [3]}, ErrorCode.INVALID_MESSAGE),
+            ({}, ErrorCode.INVALID_MESSAGE),
+        ):
+            c.send({"type": "friends", **message})
+            self.assertError(c, code, fatal=False)
+            self.assertEqual(c.proto.friends, frozenset({2, 3}))
+
+    def test_relogin_same_user(self) -> None:
+        """A login again as the same user replaces list and status and is a ping."""
+        self.h.login(7)
+        self.c.send({"user_id": 1, "friends": [7], "status": "away", "token": "x"})
+        self.assertEqual(self.c.received(), [
+            {"type": "presence", "user_id": 7, "online": True, "status": "online",
+             "text": ""},
+            {"type": "pong"}])
+        self.assertEqual(self.watcher.events(), [(1, True, "away")])
+
+    def test_relogin_errors_not_fatal(self) -> None:
+        """Errors in a repeated login are not fatal; another user_id is 13."""
+        self.c.send({"user_id": 2})
+        self.assertError(self.c, ErrorCode.INVALID_MESSAGE, fatal=False)
+        self.c.send({"user_id": 1, "friends": [1]})
+        self.assertError(self.c, ErrorCode.FRIEND_WITH_YOURSELF, fatal=False)
+        self.c.send({"user_id": "1"})
+        self.assertError(self.c, ErrorCode.INVALID_USER_ID, fatal=False)
+        self.assertEqual(self.c.proto.friends, frozenset({2, 3}))
+
+    def test_live_events_say_which_friend(self) -> None:
+        """Each live event names the friend that changed."""
+        self.h.login(2)
+        three = self.h.login(3)
+        three.lose()
+        self.assertEqual(self.c.events(), [
+            (2, True, "online"), (3, True, "online"), (3, False, "offline")])
+
+
+class ManySessionsTests(SynchronousTestCase):
+    def test_one_transition_each_way(self) -> None:
+        """Two sessions of a user: one online event, one offline when both end."""
+        h = Harness()
+        watcher = h.login(9, [1])
+        a = h.login(1)
+        b = h.login(1, status="busy")
+        self.assertEqual(watcher.events(), [(1, True, "online"), (1, True, "busy")])
+        a.lose()
+        self.assertEqual(watcher.events(), [])
+        b.lose()
+        self.assertEqual(watcher.events(), [(1, False, "offline")])
+
+    def test_later_login_without_status_keeps_it(self) -> None:
+        """A second session's login without status leaves the shared status."""
+        h = Harness()
+        watcher = h.login(9, [1])
+        h.login(1, status="away")
+        h.login(1)
+        self.assertEqual(watcher.events(), [(1, True, "away")])
+        self.assertEqual(h.registry.status_of(1), ("away", ""))
+
+
+class TimerTests(ErrorAssertions):
+    def test_login_timeout(self) -> None:
+        """No login within the timeout: fatal error 1; no ping before welcome."""
+        h = Harness(timeout=10)
+        c = h.connect()
+        h.clock.advance(9.9)
+        self.assertEqual(c.received(), [])
+        h.clock.advance(0.1)
+        self.assertError(c, ErrorCode.CLIENT_TIMEOUT, fatal=True)
+
+    def test_ping_schedule(self) -> None:
+        """A ping after timeout/2 of silence, error 1 after the full timeout."""
+        h = Harness(timeout=10)
+        c = h.login(1)
+        h.clock.advance(4.9)
+        self.assertEqual(c.received(), [])
+        h.clock.advance(0.1)
+        self.assertEqual(c.received(), [{"type": "ping", "msg": wire.PING_MSG}])
+        h.clock.advance(4.9)
+        self.assertEqual(c.received(), [])
+        h.clock.advance(0.1)
+        self.assertError(c, ErrorCode.CLIENT_TIMEOUT, fatal=True)
+
+    def test_pong_keeps_alive(self) -> None:
+        """Answering each ping keeps a silent client connected."""
+        h = Harness(timeout=10)
+        c = h.login(1)
+        for _ in range(5):
+            h.clock.advance(5)
+            self.assertEqual(c.received()[0]["type"], "ping")
+            h.clock.advance(4)
+            c.send({"type": "pong"})
+        self.assertFalse(c.closed)
+
+    def test_any_line_resets(self) -> None:
+        """Any line resets the idle timer: a client pinging every 4 s gets no ping."""
+        h = Harness(timeout=10)
+        c = h.login(1)
+        for _ in range(10):
+            h.clock.advance(4)
+            c.send({"type": "ping"})
+            self.assertEqual(c.received(), [{"type": "pong"}])
+
+    def test_timeout_is_offline(self) -> None:
+        """A timed-out session's user goes offline; the log reason is the timeout."""
+        h = Harness(timeout=10)
+        watcher = h.login(9, [1])
+        c = h.login(1)
+        watcher.received()
+        h.clock.advance(5)
+        watcher.send({"type": "ping"})
+        h.clock.advance(5)
+        self.assertTrue(c.closed)
+        c.lose()
+        self.assertIn((1, False, "offline"), watcher.events())
+        self.assertEqual(c.proto._exit, "client timeout")
+
+    def test_close_failsafe(self) -> None:
+        """A fatal close that never completes is aborted by the failsafe."""
+        h = Harness()
+        c = h.connect()
+        c.send(b"nope\n")
+        self.assertTrue(c.closed)
+        self.assertFalse(c.aborted)
+        h.clock.advance(5)
+        self.assertTrue(c.aborted)
+
+
+class GraceTests(SynchronousTestCase):
+    def test_back_within_grace(self) -> None:
+        """A user back within --offline-grace was never offline: no events."""
+        h = Harness(offline_grace=3)
+        watcher = h.login(9, [1])
+        c = h.login(1, status="away")
+        watcher.received()
+        c.lose()
+        h.clock.advance(2.9)
+        h.login(1)
+        h.clock.advance(1)
+        h.clock.advance(1)
+        self.assertEqual(watcher.received(), [])
+        self.assertEqual(h.registry.status_of(1), ("away", ""))
+
+    def test_grace_expires(self) -> None:
+        """Past the grace, offline is sent with last_seen = when the session ended."""
+        h = Harness(offline_grace=3)
+        watcher = h.login(9, [1])
+        c = h.login(1)
+        watcher.received()
+        ended = h.clock.seconds()
+        c.lose()
+        h.clock.advance(2.9)
+        self.assertEqual(watcher.received(), [])
+        h.clock.advance(0.1)
+        self.assertEqual(watcher.received(), [
+            {"type": "presence", "user_id": 1, "online": False, "status": "offline",
+             "last_seen": ended}])
+
+    def test_invisible_not_graced(self) -> None:
+        """Turning invisible is reported at once, grace or not."""
+        h = Harness(offline_grace=30)
+        watcher = h.login(9, [1])
+        c = h.login(1)
+        watcher.received()
+        c.send({"type": "status", "status": "invisible"})
+        self.assertEqual(watcher.events(), [(1, False, "offline")])
+
+
+class MutualTests(SynchronousTestCase):
+    def test_mutual(self) -> None:
+        """In mutual mode W sees X only while X lists W."""
+        h = Harness(mutual=True)
+        w = h.login(1, [2])
+        x = h.login(2, [3])
+        self.assertEqual(w.events(), [])
+        x.send({"type": "friends", "add": [1]})
+        self.assertEqual(w.events(), [(2, True, "online")])
+        self.assertEqual(x.events(), [(1, True, "online")])
+        x.send({"type": "friends", "remove": [1]})
+        self.assertEqual(w.events(), [(2, False, "offline")])
+
+
+class LimitTests(ErrorAssertions):
+    def test_max_connections(self) -> None:
+        """Past --max-connections, a new connection gets fatal error 16."""
+        h = Harness(max_connections=2)
+        a, b = h.connect(), h.connect()
+        c = h.connect()
+        self.assertError(c, ErrorCode.TOO_MANY_CONNECTIONS, fatal=True)
+        c.lose()
+        a.lose()
+        d = h.connect()
+        self.assertEqual(d.received(), [])
+        self.assertFalse(d.closed or b.closed)
+
+    def test_max_per_ip(self) -> None:
+        """Past --max-per-ip from one address: error 16; other addresses are fine."""
+        h = Harness(max_per_ip=1)
+        h.connect("198.51.100.7")
+        c = h.connect("198.51.100.7")
+        self.assertError(c, ErrorCode.TOO_MANY_CONNECTIONS, fatal=True)
+        self.assertFalse(h.connect("198.51.100.8").closed)
+
+
+class BackpressureTests(ErrorAssertions):
+    def test_over_max_buffer(self) -> None:
+        """A paused client whose unsent output passes --max-buffer is aborted (14)."""
+        h = Harness(max_buffer=1000)
+        watcher = h.login(9, [1])
+        c = h.login(1)
+        watcher.transport.clear()
+        watcher.proto.pauseProducing()
+        for i in range(20):
+            c.send({"type": "status", "status": "away", "text": str(i) * 50})
+        self.assertTrue(watcher.aborted)
+        last = watcher.transport.value().split(b"\n")[-2]
+        self.assertEqual(last, wire.error(ErrorCode.SLOW_CONSUMER).rstrip(b"\n"))
+        watcher.lose()
+        self.assertEqual(watcher.proto._exit, "slow consumer")
+        self.assertFalse(c.closed)
+
+    def test_resume_resets_count(self) -> None:
+        """Output counted while paused is forgotten once the transport drains."""
+        h = Harness(max_buffer=1000)
+        watcher = h.login(9, [1])
+        c = h.login(1)
+        for i in range(20):
+            watcher.proto.pauseProducing()
+            c.send({"type": "status", "status": "away", "text": str(i) * 50})
+            watcher.proto.resumeProducing()
+        self.assertFalse(watcher.closed)
+
+    def test_paused_too_long(self) -> None:
+        """A client paused for longer than --timeout is cut off with error 14."""
+        h = Harness(timeout=10)
+        c = h.login(1)
+        c.proto.pauseProducing()
+        h.clock.advance(4)
+        c.send({"type": "ping"})
+        h.clock.advance(5.9)
+        c.transport.clear()
+        self.assertFalse(c.closed)
+        h.clock.advance(0.1)
+        self.assertTrue(c.aborted)
+        self.assertError(c, ErrorCode.SLOW_CONSUMER, fatal=True)
+
+    def test_registered_as_streaming_producer(self) -> None:
+        """The protocol registers itself as a streaming producer on its transport."""
+        c = Harness().connect()
+        self.assertIs(c.transport.producer, c.proto)
+        self.assertTrue(c.transport.streaming)
+
+
+class ShutdownTests(ErrorAssertions):
+    def test_shutdown(self) -> None:
+        """On shutdown every session gets error 15 and no presence events."""
+        h = Harness()
+        a = h.login(1, [2])
+        b = h.login(2, [1])
+        a.received()
+        d = h.factory.shutdown()
+        for c in (a, b):
+            self.assertError(c, ErrorCode.SERVER_SHUTTING_DOWN, fatal=True)
+        a.lose()
+        self.assertEqual(b.received(), [])
+        self.assertNoResult(d)
+        b.lose()
+        self.successResultOf(d)
+
+    def test_refused_while_stopping(self) -> None:
+        """A connection arriving during shutdown is refused."""
+        h = Harness()
+        h.factory.shutdown()
+        c = h.connect()
+        self.assertError(c, ErrorCode.TOO_MANY_CONNECTIONS, fatal=True)
+
+
+class UnexpectedErrorTests(ErrorAssertions):
+    def test_internal_error_contained(self) -> None:
+        """A bug while handling a line costs that session only: fatal error 7."""
+        h = Harness()
+        c = h.login(1)
+        other = h.login(2)
+
+        def broken(*args: object) -> None:
+            raise RuntimeError("bug")
+
+        h.registry.set_status = broken  # type: ignore[method-assign,assignment]
+        c.send({"type": "status", "status": "away"})
+        self.assertError(c, ErrorCode.UNKNOWN, fatal=True)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        other.send({"type": "ping"})
+        self.assertEqual(other.received(), [{"type": "pong"}])
+
+
+class WordingTests(SynchronousTestCase):
+    def test_demo_wording(self) -> None:
+        """Codes 0..8 keep the demo's wording."""
+        self.assertEqual(
+            [ErrorCode(i).wording for i in range(9)],
+            ["No Error", "Client timeout", "Unknown Client timeout",
+             "JSON decoding Error", "JSON encoding Error", "Invalid UserID",
+             "You can't be friend with yourself", "Unknown Error",
+             "Server Connection Error"])

@@ -1,0 +1,90 @@
+"""Options and makeService: what ``twistd presence`` accepts and builds."""
+
+from __future__ import annotations
+
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from presence.factory import Config
+from presence.service import PresenceService
+from presence.tap import Options, makeService
+
+
+class OptionsTests(SynchronousTestCase):
+    def parse(self, *args: str) -> Options:
+        options = Options()
+        options.parseOptions(list(args))
+        return options
+
+    def test_defaults(self) -> None:
+        """With no options: tcp:8081 and PROTOCOL.md's defaults."""
+        options = self.parse()
+        self.assertEqual(options["port"], "tcp:8081")
+        self.assertEqual(options.config(), Config())
+        self.assertIsNone(options["secret"])
+
+    def test_port_number(self) -> None:
+        """A bare port number means tcp:PORT."""
+        self.assertEqual(self.parse("--port", "9000")["port"], "tcp:9000")
+
+    def test_port_endpoint(self) -> None:
+        """An endpoint string is taken as it is."""
+        self.assertEqual(
+            self.parse("--port", "unix:/tmp/p.sock")["port"], "unix:/tmp/p.sock"
+        )
+
+    def test_all_options(self) -> None:
+        """Every option reaches the configuration."""
+        options = self.parse(
+            "--timeout", "30", "--offline-grace", "2.5", "--visibility", "mutual",
+            "--max-line", "4096", "--max-friends", "50", "--max-connections", "99",
+            "--max-per-ip", "7", "--max-sessions", "3", "--max-buffer", "2048",
+        )
+        self.assertEqual(options.config(), Config(
+            timeout=30, offline_grace=2.5, mutual=True, max_line=4096,
+            max_friends=50, max_connections=99, max_per_ip=7, max_sessions=3,
+            max_buffer=2048))
+
+    def test_bad_values(self) -> None:
+        """Bad values are usage errors, not tracebacks."""
+        for args in (("--timeout", "0"), ("--timeout", "x"), ("--offline-grace", "-1"),
+                     ("--visibility", "friends"), ("--max-line", "-5"),
+                     ("--secret-file", "/nonexistent/secret")):
+            self.assertRaises(usage.UsageError, self.parse, *args)
+
+    def test_secret_file(self) -> None:
+        """--secret-file reads the secret, surrounding whitespace stripped."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("  s3cret \n")
+        self.assertEqual(self.parse("--secret-file", path)["secret"], b"s3cret")
+
+    def test_empty_secret_file(self) -> None:
+        """An empty secret file is refused."""
+        path = self.mktemp()
+        open(path, "w").close()
+        self.assertRaises(usage.UsageError, self.parse, "--secret-file", path)
+
+
+class MakeServiceTests(SynchronousTestCase):
+    def test_service(self) -> None:
+        """makeService builds a PresenceService with the options' configuration."""
+        options = Options()
+        options.parseOptions(["--port", "tcp:0", "--timeout", "20",
+                              "--max-connections", "10"])
+        service = makeService(options)
+        assert isinstance(service, PresenceService)
+        self.assertEqual(service.factory.config.timeout, 20)
+        self.assertEqual(service.factory.config.max_connections, 10)
+        self.assertIsNone(service.factory.verifier)
+
+    def test_secret(self) -> None:
+        """With a secret, the factory verifies tokens."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("k")
+        options = Options()
+        options.parseOptions(["--secret-file", path])
+        service = makeService(options)
+        assert isinstance(service, PresenceService)
+        self.assertIsNotNone(service.factory.verifier)

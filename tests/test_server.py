@@ -1,0 +1,162 @@
+"""End-to-end: a real ``twistd -n presence`` process and plain sockets."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import ServerProcess, twistd
+from wireclient import WireClient, presence_events
+
+
+def test_plugin_listed() -> None:
+    """``twistd --help`` lists the presence plugin."""
+    out = subprocess.run([twistd(), "--help"], capture_output=True, text=True,
+                         cwd="/", check=True).stdout
+    assert "presence" in out.split("Commands:")[1]
+
+
+def test_demo_scenario(server: ServerProcess) -> None:
+    """The original demo's run, with its counts, but told at once, not polled.
+
+    user1 [2,3,4] stays 5 s: 2 online and 2 offline notifications.
+    user2 [1,3,4] joins at 0.3 s for 1 s: 1 online.
+    user3 [1,4] joins once user2 has gone, for 2 s: 1 online.
+    user5 [2,3,4,5] is refused with error 6 and is never online.
+    """
+    results: dict[str, list[dict]] = {}
+    start = time.monotonic()
+
+    def user1() -> None:
+        c = WireClient(server.host, server.port)
+        assert c.login(1, [2, 3, 4])["type"] == "welcome"
+        results["user1"] = c.collect(5 - (time.monotonic() - start))
+        c.send({"type": "bye"})
+        c.close()
+
+    t1 = threading.Thread(target=user1)
+    t1.start()
+    time.sleep(0.3)
+    two = WireClient(server.host, server.port)
+    two.login(2, [1, 3, 4])
+    results["user2"] = two.collect(1.0)
+    two.close()
+    server.wait_for_log(r"user 2 exits")
+
+    watcher = WireClient(server.host, server.port)
+    watcher.login(6, [5])
+    five = WireClient(server.host, server.port)
+    five.send({"user_id": 5, "friends": [2, 3, 4, 5]})
+    results["user5"] = [m for m in iter(five.recv, None)]
+    five.close()
+
+    three = WireClient(server.host, server.port)
+    three.login(3, [1, 4])
+    results["user3"] = three.collect(2.0)
+    three.close()
+    t1.join(15)
+    results["watcher of 5"] = watcher.drain(quiet=0.3)
+
+    one = presence_events(results["user1"])
+    assert sum(online for _, online in one) == 2, results["user1"]
+    assert sum(not online for _, online in one) == 2, results["user1"]
+    assert one == [(2, True), (2, False), (3, True), (3, False)]
+    assert presence_events(results["user2"]) == [(1, True)]
+    assert presence_events(results["user3"]) == [(1, True)]
+    assert results["user5"] == [
+        {"type": "error", "error": 6, "msg": "You can't be friend with yourself"}]
+    assert presence_events(results["watcher of 5"]) == []
+
+
+def test_closed_port_refused() -> None:
+    """Dialling a port nobody listens on is refused (clients report error 8)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    with pytest.raises(ConnectionRefusedError):
+        WireClient("127.0.0.1", port)
+
+
+def test_sigterm(server: ServerProcess) -> None:
+    """On SIGTERM each client gets error 15 and the process exits cleanly in 5 s."""
+    a, b = WireClient(server.host, server.port), WireClient(server.host, server.port)
+    a.login(1, [2])
+    b.login(2, [1])
+    assert presence_events(b.recv_until(lambda m: m["type"] == "presence")) == [
+        (1, True)]
+    assert presence_events(a.recv_until(lambda m: m["type"] == "presence")) == [
+        (2, True)]
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    for c in (a, b):
+        messages = c.recv_until(lambda m: m["type"] == "error")
+        assert messages[-1]["error"] == 15, messages
+        assert all(m["type"] != "presence" or m["user_id"] != 2 for m in messages[:-1])
+        assert c.recv() is None
+    # twistd ends by re-raising the signal that stopped it (supervisors such as
+    # systemd count that as a clean stop); what matters is the orderly shutdown.
+    assert server.proc.wait(5) in (0, -signal.SIGTERM)
+    assert time.monotonic() - started < 5
+    server.stop()
+    assert "presence stopped" in server.log
+    assert "Server Shut Down" in server.log
+
+
+def test_unix_socket(start_server: Callable[..., ServerProcess], tmp_path: Path
+                     ) -> None:
+    """--port takes any endpoint string, e.g. a UNIX socket."""
+    path = str(tmp_path / "p.sock")
+    server = start_server("--port", f"unix:{path}")
+    assert server.address == f"unix:{path}"
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    s.sendall(b'{"user_id": 1}\n')
+    assert s.makefile("rb").readline().startswith(b'{"type":"welcome"')
+    s.close()
+
+
+def test_logs_join_and_exit(server: ServerProcess) -> None:
+    """The log has a line per join and per exit with the reason."""
+    a, b = WireClient(server.host, server.port), WireClient(server.host, server.port)
+    a.login(1, [])
+    b.login(1, [])
+    server.wait_for_log(r"user 1 joins \(2 sessions\)")
+    b.send({"type": "bye"})
+    server.wait_for_log(r"user 1 exits: bye \(1 session left\)")
+    a.send(b"garbage\n")
+    server.wait_for_log(r"user 1 exits: json decoding error")
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit")
+def test_out_of_file_descriptors(start_server: Callable[..., ServerProcess]) -> None:
+    """With 64 file descriptors, 100 connections: excess are refused, then recovery."""
+    server = start_server(prefix=["prlimit", "--nofile=64:64"])
+    clients, refused = [], 0
+    for i in range(100):
+        try:
+            c = WireClient(server.host, server.port, timeout=5)
+            c.send({"user_id": i + 1, "friends": []})
+            message = c.recv()
+        except OSError:
+            refused += 1
+            continue
+        if message and message["type"] == "welcome":
+            clients.append(c)
+        else:
+            assert message is None or message["error"] == 16, message
+            refused += 1
+            c.close()
+    assert refused > 0 and clients
+    for c in clients:
+        c.close()
+    server.wait_for_log(r"exits: .*\(0 sessions left\)")
+    fresh = WireClient(server.host, server.port)
+    assert fresh.login(1000, [])["type"] == "welcome"
