@@ -25,6 +25,7 @@ from typing import Any, cast
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import clientFromString
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -136,6 +137,7 @@ def connect(
     reconnect: bool = False,
     retry_policy: Callable[[int], float] | None = None,
     observer: Observer | None = None,
+    line_observer: Callable[[bytes], object] | None = None,
     address: str | None = None,
     login_timeout: float = 30.0,
 ) -> Deferred[Session]:
@@ -143,8 +145,9 @@ def connect(
 
     C{endpoint} is a client endpoint or a Twisted endpoint string; C{reactor}
     is the clock of every timer (and, for a string, the reactor that
-    connects).  C{observer} is added before anything arrives, so it sees the
-    whole snapshot.  C{address} names the server in messages.
+    connects).  C{observer} and C{line_observer} are added before anything
+    arrives, so they see the welcome and the whole snapshot.  C{address}
+    names the server in messages.
 
     Without C{reconnect} the Deferred fails with L{PresenceError}: the
     server's code when it refused the login, 8 when it cannot be reached.
@@ -167,6 +170,8 @@ def connect(
     )
     if observer is not None:
         session.add_observer(observer)
+    if line_observer is not None:
+        session.add_line_observer(line_observer)
     if reconnect:
         return session._start_service(endpoint, retry_policy or default_retry_policy())
     return session._connect_once(endpoint)
@@ -373,6 +378,9 @@ class Session:
             return conn.welcome.addCallback(lambda _: self)
 
         def unreachable(failure: Failure) -> Failure:
+            if failure.check(ConnectingCancelledError):
+                # What TCP endpoints raise when cancelled: one type for callers.
+                return Failure(CancelledError())
             if not failure.check(PresenceError, CancelledError):
                 return Failure(self._unreachable(failure))
             return failure
@@ -405,11 +413,12 @@ class Session:
         return delay
 
     def _attempt_failed(self, failure: Failure) -> None:
-        if not self._stopping and not failure.check(CancelledError):
+        cancelled = failure.check(CancelledError, ConnectingCancelledError)
+        if not self._stopping and not cancelled:
             self._emit(Disconnected(self._unreachable(failure), reconnecting=True))
 
     def _unreachable(self, failure: Failure) -> PresenceError:
-        return PresenceError(
+        return PresenceError.of(
             ErrorCode.SERVER_CONNECTION,
             f"cannot connect to {self.address}: {failure.getErrorMessage()}",
         )
@@ -443,7 +452,7 @@ class Session:
         if self._conn is not None and self._conn.logged_in:
             return self._conn.request(line).addCallback(lambda _: apply())
         if self._service is None or self._stopping:
-            return fail(PresenceError(ErrorCode.SERVER_CONNECTION, "not connected"))
+            return fail(PresenceError.of(ErrorCode.SERVER_CONNECTION, "not connected"))
         # Between two connections: the change goes with the next login, so
         # check it as the server would, or that login would be refused.
         try:

@@ -55,6 +55,11 @@ class PresenceError(Exception):
         return f"error {int(self.code)}: {self.message}"
 
     @classmethod
+    def of(cls, code: ErrorCode, detail: str) -> PresenceError:
+        """An error this client found itself, worded like the server's."""
+        return cls(code, f"{code.wording}: {detail}")
+
+    @classmethod
     def from_server(cls, msg: wire.Json) -> PresenceError:
         raw_code, text = msg.get("error"), msg.get("msg")
         try:
@@ -115,6 +120,7 @@ class ClientConnection(LineReceiver):
         self._pending: deque[Deferred[None] | None] = deque()
         self._error: PresenceError | None = None
         self._leaving = False
+        self._bye_sent = False
         self._lost = False
         self._ping_call: IDelayedCall | None = None
         self._deadline_call: IDelayedCall | None = None
@@ -142,7 +148,9 @@ class ClientConnection(LineReceiver):
     def request(self, line: bytes) -> Deferred[None]:
         """Send a request; the Deferred fires once the server accepted it."""
         if not self.logged_in or self._leaving:
-            return _failed(PresenceError(ErrorCode.SERVER_CONNECTION, "not connected"))
+            return _failed(
+                PresenceError.of(ErrorCode.SERVER_CONNECTION, "not connected")
+            )
         done: Deferred[None] = Deferred()
         self._pending.append(done)
         self._send(line)
@@ -150,10 +158,22 @@ class ClientConnection(LineReceiver):
         return done
 
     def bye(self) -> None:
-        """Say goodbye and close; nothing the server says after matters."""
+        """Say goodbye and close, once the requests in flight are answered
+        (so that their Deferreds tell the truth); no new requests meanwhile."""
         if self._leaving or self._lost:
             return
         self._leaving = True
+        if self._ping_call is not None and self._ping_call.active():
+            self._ping_call.cancel()
+        self._ping_call = None
+        self._bye_when_settled()
+
+    def _bye_when_settled(self) -> None:
+        if self._bye_sent or self._lost:
+            return
+        if any(d is not None and not d.called for d in self._pending):
+            return
+        self._bye_sent = True
         self._cancel_timers()
         if self.logged_in:
             self._out.write(BYE)
@@ -174,7 +194,12 @@ class ClientConnection(LineReceiver):
     # -- receiving ----------------------------------------------------------
 
     def lineReceived(self, line: bytes) -> None:
+        self._receive(line)
         if self._leaving:
+            self._bye_when_settled()
+
+    def _receive(self, line: bytes) -> None:
+        if self._bye_sent:
             return
         if self.timeout is not None:
             self._deadline_call = _restart(
@@ -265,7 +290,7 @@ class ClientConnection(LineReceiver):
     ) -> None:
         self._deadline_call = None
         if self._error is None:
-            self._error = PresenceError(code, why)
+            self._error = PresenceError.of(code, why)
         self._out.abortConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -273,12 +298,12 @@ class ClientConnection(LineReceiver):
         self._cancel_timers()
         error = self._error
         if error is None and not self._leaving:
-            error = PresenceError(
+            error = PresenceError.of(
                 ErrorCode.SERVER_CONNECTION,
                 f"connection lost: {reason.getErrorMessage()}",
             )
         pending, self._pending = self._pending, deque()
-        closed = error or PresenceError(ErrorCode.SERVER_CONNECTION, "closed")
+        closed = error or PresenceError.of(ErrorCode.SERVER_CONNECTION, "closed")
         for done in pending:
             if done is not None and not done.called:
                 done.errback(closed)
