@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import ServerProcess
 
 from presence.auth import make_token
 from presence.test.sockets import LineSocket
+
+StartServer = Callable[..., ServerProcess]
 
 SECRET = b"e2e-secret-" + b"7" * 40
 
@@ -23,7 +27,7 @@ def secret_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def secure(start_server, secret_file):
+def secure(start_server: StartServer, secret_file: Path) -> ServerProcess:
     return start_server("--secret-file", str(secret_file))
 
 
@@ -37,7 +41,7 @@ def token_cli(secret_file: Path, *args: str) -> str:
     return out.stdout.strip()
 
 
-def test_good_token(secure, secret_file):
+def test_good_token(secure: ServerProcess, secret_file: Path) -> None:
     """A token from presence-token logs its user in; friends see it online."""
     with LineSocket(secure.host, secure.port) as two, \
             LineSocket(secure.host, secure.port) as one:
@@ -62,7 +66,7 @@ def test_good_token(secure, secret_file):
     ],
     ids=["missing", "empty", "garbage", "wrong-secret", "other-user", "expired"],
 )
-def test_bad_token(secure, token):
+def test_bad_token(secure: ServerProcess, token: str | None) -> None:
     """A bad token gets error 10, the connection is closed, and the user's
     watchers are told nothing."""
     with LineSocket(secure.host, secure.port) as watcher, \
@@ -77,7 +81,9 @@ def test_bad_token(secure, token):
     secure.wait_for_log(r"refused: Authentication failed")
 
 
-def test_friends_claim_limits_visibility(secure, secret_file):
+def test_friends_claim_limits_visibility(
+    secure: ServerProcess, secret_file: Path
+) -> None:
     """A token's friends claim limits whom the session sees, whatever it lists."""
     with LineSocket(secure.host, secure.port) as two, \
             LineSocket(secure.host, secure.port) as three, \
@@ -100,13 +106,13 @@ def test_friends_claim_limits_visibility(secure, secret_file):
         assert one.roundtrip() == []
 
 
-def test_no_secret_warns(start_server):
+def test_no_secret_warns(start_server: StartServer) -> None:
     """Without --secret-file, the server says that user ids are not checked."""
     server = start_server()
     server.wait_for_log(r"NOT authenticated")
 
 
-def test_empty_secret_file_refused(tmp_path):
+def test_empty_secret_file_refused(tmp_path: Path) -> None:
     """An empty secret file is a usage error: the server does not start open."""
     empty = tmp_path / "empty"
     empty.write_bytes(b"  \n")

@@ -5,16 +5,20 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import ServerProcess
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from presence.test.sockets import LineSocket
+
+StartServer = Callable[..., ServerProcess]
 
 
 @dataclass
@@ -110,7 +114,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 @pytest.fixture
-def tls_server(start_server, pki):
+def tls_server(start_server: StartServer, pki: Pki) -> ServerProcess:
     return start_server(
         "--port",
         f"ssl:0:privateKey={pki.key}:certKey={pki.cert}:interface=127.0.0.1",
@@ -123,13 +127,13 @@ def context(ca: Path) -> ssl.SSLContext:
     return ctx
 
 
-def test_listening_address(tls_server):
+def test_listening_address(tls_server: ServerProcess) -> None:
     """The server reports its TLS address as ssl:HOST:PORT."""
     tls_server.wait_for_log(r"presence listening on ssl:127\.0\.0\.1:\d+")
 
 
 @pytest.mark.parametrize("name", ["127.0.0.1", "localhost"])
-def test_login_over_tls(tls_server, pki, name):
+def test_login_over_tls(tls_server: ServerProcess, pki: Pki, name: str) -> None:
     """A client verifying the certificate against the CA (by IP address or by
     host name) logs in and sees its friend."""
     ctx = context(pki.ca)
@@ -145,20 +149,20 @@ def test_login_over_tls(tls_server, pki, name):
         assert two.presence()["user_id"] == 1
 
 
-def test_wrong_ca_fails(tls_server, pki):
+def test_wrong_ca_fails(tls_server: ServerProcess, pki: Pki) -> None:
     """A client that trusts another CA refuses the server's certificate."""
     with pytest.raises(ssl.SSLCertVerificationError):
         LineSocket(tls_server.host, tls_server.port, tls=context(pki.other_ca))
 
 
-def test_wrong_name_fails(tls_server, pki):
+def test_wrong_name_fails(tls_server: ServerProcess, pki: Pki) -> None:
     """The certificate is for localhost/127.0.0.1 only: another name fails."""
     with pytest.raises(ssl.SSLCertVerificationError):
         LineSocket(tls_server.host, tls_server.port, tls=context(pki.ca),
                    server_hostname="presence.example.com")
 
 
-def test_plaintext_client_gets_nothing(tls_server, pki):
+def test_plaintext_client_gets_nothing(tls_server: ServerProcess, pki: Pki) -> None:
     """A client speaking plain JSON to the TLS port is not logged in, and the
     server goes on serving TLS clients."""
     with LineSocket(tls_server.host, tls_server.port, timeout=5) as plain:
