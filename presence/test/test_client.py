@@ -615,3 +615,34 @@ class ReconnectTests(ClientTestCase):
         again = self.endpoint.accept()
         self.assertEqual(again.heard(), [{"user_id": 1, "friends": [2, 3],
                                           "status": "busy", "text": "meeting"}])
+
+
+class ByeTests(ClientTestCase):
+    def test_bye_waits_for_requests_in_flight(self):
+        """bye after a request sends bye only once the request is answered,
+        so the request's Deferred reports the server's verdict."""
+        session, peer = self.logged_in()
+        done = session.set_status("away")
+        peer.heard()
+        leaving = session.bye()
+        self.assertEqual(peer.heard(), [])
+        self.assertFalse(peer.closing)
+        refused = session.add_friends([5])
+        self.assertEqual(self.failureResultOf(refused, PresenceError).value.code,
+                         ErrorCode.SERVER_CONNECTION)
+        peer.say(type="pong")
+        self.successResultOf(done)
+        self.assertEqual(peer.heard(), [{"type": "bye"}])
+        self.assertTrue(peer.closing)
+        peer.close()
+        self.successResultOf(leaving)
+        self.assertEqual(session.status, "away")
+
+    def test_no_keepalive_while_leaving(self):
+        """While waiting to say bye the client sends no keepalive ping."""
+        session, peer = self.logged_in(timeout=15)
+        session.set_status("away")
+        peer.heard()
+        session.bye()
+        self.clock.advance(10)
+        self.assertEqual(peer.heard(), [])
