@@ -21,6 +21,7 @@ from presence import wire
 from presence.errors import ErrorCode, ProtocolError
 from presence.registry import ISession
 from presence.wire import Json
+from presence.writer import Write, direct_writer
 
 if TYPE_CHECKING:
     from twisted.python.failure import Failure
@@ -71,6 +72,7 @@ class PresenceProtocol(LineOnlyReceiver, TimeoutMixin):
         self._unsent = 0
         self._paused_call: IDelayedCall | None = None
         self._failsafe: IDelayedCall | None = None
+        self._write: Write = _unconnected
 
     # -- connection lifetime -------------------------------------------------
 
@@ -81,6 +83,7 @@ class PresenceProtocol(LineOnlyReceiver, TimeoutMixin):
             # Small writes must not wait for the peer's delayed ACK.
             self.transport.setTcpNoDelay(True)
         self.transport.registerProducer(self, True)
+        self._write = direct_writer(self.transport)
         self.peer = factory.connection_made(self)
         refusal = factory.refusal(self)
         if refusal:
@@ -274,7 +277,7 @@ class PresenceProtocol(LineOnlyReceiver, TimeoutMixin):
             if self._unsent > self.factory.config.max_buffer:
                 self.slow_consumer()
                 return
-        self.transport.write(data)
+        self._write(data)
 
     def pauseProducing(self) -> None:
         # The transport's buffer is full: the client is not reading.
@@ -345,6 +348,10 @@ class PresenceProtocol(LineOnlyReceiver, TimeoutMixin):
         self._failsafe = self.factory.clock.callLater(
             CLOSE_FAILSAFE, self.transport.abortConnection
         )
+
+
+def _unconnected(data: bytes) -> None:
+    raise RuntimeError("write before connectionMade")
 
 
 def _sessions(n: int) -> str:

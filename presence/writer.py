@@ -1,0 +1,69 @@
+"""Send at once when nothing is queued, as asyncio's transports do.
+
+C{transport.write} only queues: the bytes go out on the next reactor turn,
+after two epoll_ctl calls to turn write interest on and off again.  For a
+presence server, whose writes are small and mostly find the socket idle, that
+doubles the CPU a notification costs and adds a turn of latency.  When the
+transport has nothing queued, L{direct_writer} hands the bytes to the
+transport's own C{writeSomeData} (one send(2)); whatever the kernel does not
+take, and every write while anything is queued, goes through
+C{transport.write} as usual, so bytes keep their order and Twisted keeps
+managing the buffer, producers and errors.
+
+This leans on C{FileDescriptor}'s buffer attributes.  Each transport is
+checked for them; if a Twisted release changes them, every connection falls
+back to plain C{transport.write} (correct, just slower), and
+C{presence.test.test_writer} fails, so that an upgrade cannot slow the server
+down unnoticed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import abstract, tcp
+
+Write = Callable[[bytes], None]
+
+_ATTRIBUTES = ("dataBuffer", "offset", "_tempDataLen", "connected", "disconnecting")
+
+
+def supported(transport: Any) -> bool:
+    """Whether C{transport} is a TCP server connection with the expected buffer."""
+    return (
+        type(transport) is tcp.Server
+        and isinstance(transport, abstract.FileDescriptor)
+        and callable(getattr(transport, "writeSomeData", None))
+        and all(hasattr(transport, name) for name in _ATTRIBUTES)
+        and type(transport._tempDataLen) is int
+        and type(transport.dataBuffer) is bytes
+    )
+
+
+def direct_writer(transport: Any) -> Write:
+    """A write function for C{transport}: direct when it can be, else C{write}."""
+    if not supported(transport):
+        write: Write = transport.write
+        return write
+    send = transport.writeSomeData
+    queue = transport.write
+
+    def write_now(data: bytes) -> None:
+        t = transport
+        if (
+            t._tempDataLen
+            or t.offset != len(t.dataBuffer)
+            or not t.connected
+            or t.disconnecting
+        ):
+            queue(data)
+            return
+        sent = send(data)
+        if isinstance(sent, Exception):
+            # Let the reactor find the broken connection and report it.
+            queue(data)
+        elif sent < len(data):
+            queue(data[sent:])
+
+    return write_now
