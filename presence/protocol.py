@@ -150,8 +150,11 @@ class PresenceProtocol(LineOnlyReceiver, TimeoutMixin):
         self.fatal(ProtocolError(ErrorCode.LINE_TOO_LONG, f"limit {self.MAX_LENGTH}"))
 
     def lineReceived(self, line: bytes) -> None:
-        self._pinged = False
-        self.resetTimeout()
+        if self.user_id is not None:
+            # Activity keeps a session alive; before the login nothing but
+            # the login itself stops the login timeout.
+            self._pinged = False
+            self.resetTimeout()
         if line.endswith(b"\r"):
             line = line[:-1]
         if len(line) > self.MAX_LENGTH:
@@ -280,7 +283,11 @@ class PresenceProtocol(LineOnlyReceiver, TimeoutMixin):
         self._write(data)
 
     def pauseProducing(self) -> None:
-        # The transport's buffer is full: the client is not reading.
+        # The transport's buffer is full: the client is not reading.  Twisted
+        # calls this on every write while it stays full, so only the first
+        # call starts the count.
+        if self._paused:
+            return
         self._paused = True
         self._unsent = 0
         if self._paused_call is None and not self._closing:

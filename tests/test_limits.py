@@ -115,11 +115,6 @@ def test_login_timeout(start_server: StartServer) -> None:
         fine.roundtrip()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server change needed: blank lines reset the login timeout "
-    "(protocol.lineReceived calls resetTimeout before the login)",
-)
 def test_blank_lines_do_not_extend_login_timeout(start_server: StartServer) -> None:
     """"no login within timeout" is error 1: blank lines before the login do
     not keep a connection that never logs in alive."""

@@ -69,12 +69,6 @@ class Scene:
             sock.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: Twisted calls pauseProducing on every write while its "
-    "buffer is full, and PresenceProtocol.pauseProducing resets _unsent each "
-    "time, so --max-buffer is never reached (only the paused timer cuts off)",
-)
 def test_slow_consumer_cut_at_max_buffer(start_server: StartServer) -> None:
     """Past --max-buffer of unsent bytes the slow client is aborted (error 14,
     "slow consumer" in the log), its user goes offline for its watchers, a

@@ -7,8 +7,7 @@ C{pauseProducing} again on every write made while its buffer is full.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from twisted.internet.address import IPv4Address
@@ -20,20 +19,8 @@ from presence.errors import ErrorCode
 from presence.factory import Config, PresenceFactory
 from presence.protocol import PresenceProtocol
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 # abstract.FileDescriptor.bufferSize: past this, the producer is paused.
 TWISTED_BUFFER = 2**16
-
-
-def todo(reason: str) -> Callable[[F], F]:
-    """Trial's expected failure: a known server bug with a test waiting for it."""
-
-    def mark(f: F) -> F:
-        f.todo = reason  # type: ignore[attr-defined]
-        return f
-
-    return mark
 
 
 class FullTransport(StringTransport):
@@ -63,8 +50,6 @@ def line(obj: dict[str, Any]) -> bytes:
 class SlowConsumerTests(SynchronousTestCase):
     """A client that never reads costs the server at most --max-buffer bytes."""
 
-    @todo("server bug: pauseProducing resets _unsent on every call; it must "
-          "return at once when already paused")
     def test_repeated_pause_still_counts(self) -> None:
         """Twisted pauses the producer again on each write while its buffer
         is full; the bytes written meanwhile still add up to --max-buffer."""
@@ -112,8 +97,6 @@ class LoginTimeoutTests(SynchronousTestCase):
         self.clock.advance(1)
         self.assertTimedOut()
 
-    @todo("server change needed: PresenceProtocol.lineReceived must not call "
-          "resetTimeout() before the login (self.user_id is None)")
     def test_blank_lines(self) -> None:
         """Blank lines before the login do not extend the login timeout."""
         for _ in range(9):
