@@ -383,6 +383,16 @@ class Session:
                 return Failure(CancelledError())
             if not failure.check(PresenceError, CancelledError):
                 return Failure(self._unreachable(failure))
+            error = failure.value
+            if (
+                isinstance(error, PresenceError)
+                and error.code == ErrorCode.SERVER_CONNECTION
+            ):
+                # Connected, then lost before the welcome (a TLS handshake
+                # that failed, a login timeout): name the server too.
+                detail = error.message.removeprefix(f"{error.code.wording}: ")
+                return Failure(PresenceError.of(
+                    error.code, f"cannot log in at {self.address}: {detail}"))
             return failure
 
         connecting: Deferred[Any] = endpoint.connect(_ConnectionFactory(self))
