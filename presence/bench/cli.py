@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for deliveries after a phase (30)")
     p.add_argument("--login-timeout", type=float, default=0.0,
                    help="seconds allowed for the login phase (default max(60, N/100))")
+    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                   help="before starting, wait up to this long for other processes "
+                   "to stop using the CPUs (0)")
     p.add_argument("--out", type=Path, default=None, help="write results JSON here")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG plot here")
     p.add_argument("--no-progress", dest="progress", action="store_false",
@@ -125,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         drain_timeout=args.drain_timeout,
         login_timeout=args.login_timeout,
         server_log=args.server_log,
+        wait_quiet=args.wait_quiet,
     )
     results = Bench(opts).run()
     results["targets"] = targets(results)

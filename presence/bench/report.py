@@ -119,6 +119,14 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def _others(usage: dict[str, Any]) -> str:
+    """CPU other processes used meanwhile, in cores; flagged when it matters."""
+    other = usage.get("other_cpu_cores")
+    if other is None:
+        return "-"
+    return f"{other:.2f}" + (" BUSY MACHINE" if usage.get("contended") else "")
+
+
 def _table(rows: list[list[str]], out: TextIO) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for n, row in enumerate(rows):
@@ -152,7 +160,8 @@ def print_report(results: dict[str, Any], out: TextIO) -> None:
     if results.get("churn"):
         phases.append(results["churn"])
     rows = [["phase", "events/s", "deliveries/s", "missing", "cpu us/deliv (net)",
-             "server cpu", "p50 ms", "p99 ms", "max ms", "loadgen busy", "loadgen"]]
+             "server cpu", "p50 ms", "p99 ms", "max ms", "loadgen busy", "loadgen",
+             "others"]]
     for p in phases:
         lat = p.get("latency_all") or p.get("latency") or {}
         lg = p.get("loadgen") or {}
@@ -166,6 +175,7 @@ def print_report(results: dict[str, Any], out: TextIO) -> None:
             _fmt(lat.get("p50_ms")), _fmt(lat.get("p99_ms")), _fmt(lat.get("max_ms")),
             "/".join(f"{b * 100:.0f}%" for b in busy),
             "SATURATED" if lg.get("saturated") else "ok",
+            _others(lg),
         ])
     _table(rows, out)
     login = results.get("login") or {}
@@ -175,9 +185,11 @@ def print_report(results: dict[str, Any], out: TextIO) -> None:
         f"in {_fmt(login.get('seconds'))} s, failed connects "
         f"{_fmt(login.get('failed_connects'))}, lost {_fmt(login.get('lost'))}, "
         f"errors {login.get('errors')}; loadgen "
-        f"{'SATURATED' if _get(login, 'loadgen', 'saturated') else 'ok'}\n"
+        f"{'SATURATED' if _get(login, 'loadgen', 'saturated') else 'ok'}; "
+        f"other processes {_others(login.get('loadgen') or {})} cores\n"
         f"hold: {_fmt(hold.get('pings_answered'))} pings answered in "
-        f"{_fmt(hold.get('seconds'))} s, lost {_fmt(hold.get('lost'))}\n"
+        f"{_fmt(hold.get('seconds'))} s, lost {_fmt(hold.get('lost'))}; "
+        f"other processes {_others(hold.get('loadgen') or {})} cores\n"
     )
     churn = results.get("churn")
     if churn:
@@ -188,8 +200,27 @@ def print_report(results: dict[str, Any], out: TextIO) -> None:
             f"{_fmt(_get(churn, 'relogin', 'p99_ms'))} ms, not back "
             f"{_fmt(churn.get('not_back'))}\n"
         )
+    busy = [name for name, usage in _usages(results) if usage.get("contended")]
+    if busy:
+        out.write(
+            "WARNING: other processes used the CPUs during " + ", ".join(busy)
+            + ": those figures measure the machine's load too; run again on a "
+            "quiet machine\n"
+        )
     for note in results.get("notes", []):
         out.write(f"note: {note}\n")
+
+
+def _usages(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for name in ("login", "hold"):
+        usage = _get(results, name, "loadgen")
+        if usage:
+            out.append((name, usage))
+    for p in [*(results.get("fanout") or []), results.get("churn") or {}]:
+        if p.get("loadgen"):
+            out.append((p["label"], p["loadgen"]))
+    return out
 
 
 def write_json(results: dict[str, Any], path: Path) -> None:

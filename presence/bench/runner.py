@@ -41,6 +41,16 @@ from presence.bench.loadgen import (
 from presence.bench.server import LaunchedServer, Probe, Sample, find_listener
 
 SATURATED_BUSY = 0.90  # a worker busy this fraction of the time is saturated
+CONTENDED = 0.15  # other processes using this many cores disturb the figures
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy, all CPUs together."""
+    t = psutil.cpu_times()
+    busy = t.user + t.nice + t.system
+    for name in ("irq", "softirq", "steal"):
+        busy += getattr(t, name, 0.0)
+    return busy
 
 
 @dataclass
@@ -67,6 +77,7 @@ class Options:
     progress: bool = True
     drain_timeout: float = 30.0
     login_timeout: float = 0.0  # 0: automatic
+    wait_quiet: float = 0.0  # seconds to wait for other processes to quieten
     server_log: Path | None = None
 
 
@@ -104,6 +115,7 @@ class Bench:
         self.idle_cpu_rate = 0.0  # server CPU s/s while idle, from the hold phase
         self.results: dict[str, Any] = {}
         self.notes: list[str] = []
+        self.me = psutil.Process()
 
     # -- helpers ------------------------------------------------------------
 
@@ -164,24 +176,53 @@ class Bench:
                 out.append(0.0)
         return out
 
-    def loadgen_usage(
-        self, cpu0: list[float], busy0: list[float], wall: float
-    ) -> dict[str, Any]:
-        """Whether the load generator kept up: CPU and busy fraction per worker."""
-        wall = wall or 1e-9
+    def usage_start(self) -> dict[str, Any]:
+        """A snapshot of CPU counters, for L{loadgen_usage} at a phase's end."""
+        server = self.sample()
+        return {
+            "wall": time.monotonic(),
+            "workers": self.worker_cpu(),
+            "busy": self.per_worker(C_BUSY),
+            "machine": machine_busy(),
+            "me": sum(self.me.cpu_times()[:2]),
+            "server": server.cpu if server else 0.0,
+        }
+
+    def loadgen_usage(self, start: dict[str, Any]) -> dict[str, Any]:
+        """Whether the load generator kept up, and whether others used the CPUs.
+
+        Per worker: CPU time (from /proc) and busy time (wall time outside
+        epoll, which also counts time spent waiting for a CPU) per second.
+        C{other_cpu_cores}: CPU used by every other process on the machine
+        (the machine's busy time minus server, workers and controller): a
+        benchmark on a machine that is doing something else measures that too.
+        """
+        wall = (time.monotonic() - start["wall"]) or 1e-9
         cpu_now, busy_now = self.worker_cpu(), self.per_worker(C_BUSY)
-        cpu = [(b - a) / wall for a, b in zip(cpu0, cpu_now, strict=True)]
-        busy = [(b - a) / wall for a, b in zip(busy0, busy_now, strict=True)]
+        cpu = [(b - a) / wall for a, b in zip(start["workers"], cpu_now, strict=True)]
+        busy = [(b - a) / wall for a, b in zip(start["busy"], busy_now, strict=True)]
         cores = max(1, len(self.load_cpus) or os.cpu_count() or 1)
         total = sum(cpu)
         saturated = bool(
             (busy and max(busy) >= SATURATED_BUSY) or total >= SATURATED_BUSY * cores
         )
+        server = self.sample()
+        server_cpu = (server.cpu - start["server"]) if server else 0.0
+        me = sum(self.me.cpu_times()[:2]) - start["me"]
+        other = (
+            machine_busy() - start["machine"]
+            - server_cpu - sum(b - a for a, b in zip(start["workers"], cpu_now,
+                                                      strict=True))
+            - me
+        ) / wall
         return {
             "worker_cpu": [round(x, 3) for x in cpu],
             "worker_busy": [round(x, 3) for x in busy],
             "cpu_total_cores": round(total, 3),
             "cores_available": cores,
+            "controller_cpu": round(me / wall, 3),
+            "other_cpu_cores": round(max(0.0, other), 3),
+            "contended": other > CONTENDED,
             "saturated": saturated,
         }
 
@@ -311,6 +352,23 @@ class Bench:
 
     # -- phases -----------------------------------------------------------------
 
+    def check_quiet(self) -> None:
+        """Measure what other processes use; wait (bounded) for a quiet machine."""
+        deadline = time.monotonic() + self.opts.wait_quiet
+        while True:
+            start = self.usage_start()
+            time.sleep(1.0)
+            other = self.loadgen_usage(start)["other_cpu_cores"]
+            self.results["meta"]["other_cpu_cores_at_start"] = other
+            if other <= CONTENDED:
+                return
+            if time.monotonic() >= deadline:
+                self.log(f"presence-bench: WARNING: other processes use {other:.2f} "
+                         "cores: the figures will measure them too")
+                return
+            self.log(f"presence-bench: other processes use {other:.2f} cores; "
+                     "waiting for a quiet machine")
+
     def phase_login(self) -> None:
         o = self.opts
         time.sleep(0.5)
@@ -322,8 +380,9 @@ class Bench:
                    disable=not o.progress, leave=False)
 
         def tick() -> None:
-            done = int(self.total(C_COMPLETE))
-            bar.update(done - bar.n)
+            welcomed = int(self.total(C_WELCOMED))
+            bar.update(welcomed - bar.n)
+            bar.set_postfix(complete=int(self.total(C_COMPLETE)), refresh=False)
             now = time.monotonic()
             if self.probe and now - last_sample[0] >= 0.1:
                 last_sample[0] = now
@@ -332,20 +391,19 @@ class Bench:
                 except psutil.Error:
                     return
                 samples.append(
-                    [round(now - t_start, 3), int(self.total(C_WELCOMED)), s.rss]
+                    [round(now - t_start, 3), welcomed, s.rss]
                 )
 
-        cpu0, busy0 = self.worker_cpu(), self.per_worker(C_BUSY)
+        start = self.usage_start()
         per_worker = max(1, o.login_concurrency // o.workers)
         self.send_all("login", per_worker)
         timeout = o.login_timeout or max(60.0, o.users / 100.0)
         replies = self.wait_all("login", timeout, tick)
-        wall = time.monotonic() - t_start
         tick()
         bar.close()
         time.sleep(0.3)
         after = self.sample()
-        usage = self.loadgen_usage(cpu0, busy0, wall)
+        usage = self.loadgen_usage(start)
         done = [r for r in replies if r]
         first = min((r["first_connect"] for r in done), default=0.0)
         last = max((r["last_complete"] for r in done), default=0.0)
@@ -381,7 +439,7 @@ class Bench:
         o = self.opts
         pings0 = self.total(C_PINGS)
         lost0 = self.total(C_LOST)
-        cpu0, busy0 = self.worker_cpu(), self.per_worker(C_BUSY)
+        start = self.usage_start()
         s0 = self.sample()
         t0 = time.monotonic()
         end = t0 + o.hold
@@ -398,7 +456,7 @@ class Bench:
             "connections": int(self.total(C_WELCOMED)),
             "pings_answered": int(self.total(C_PINGS) - pings0),
             "lost": int(self.total(C_LOST) - lost0),
-            "loadgen": self.loadgen_usage(cpu0, busy0, wall),
+            "loadgen": self.loadgen_usage(start),
         }
         if s0 and s1:
             rate = (s1.cpu - s0.cpu) / (s1.wall - s0.wall)
@@ -422,7 +480,7 @@ class Bench:
         self.wait_all("phase", 30)
         lost0 = self.total(C_LOST)
         errors0 = self.total(C_ERRORS)
-        cpu0, busy0 = self.worker_cpu(), self.per_worker(C_BUSY)
+        start = self.usage_start()
         s0 = self.sample()
         t0 = time.monotonic()
         steps = max(1, round(seconds))
@@ -454,8 +512,7 @@ class Bench:
             time.sleep(0.02)
         bar.close()
         s1 = self.sample()
-        wall = time.monotonic() - t0
-        usage = self.loadgen_usage(cpu0, busy0, wall)
+        usage = self.loadgen_usage(start)
         self.send_all("collect")
         got = [r for r in self.wait_all("collect", 60) if r]
         lat: array[float] = array("d")
@@ -556,7 +613,9 @@ class Bench:
             self.setup()
             self.log(f"presence-bench: {self.opts.users} users, "
                      f"{self.opts.workers} workers, server "
-                     f"{self.results['meta']['server']['address']}")
+                     f"{self.results['meta']['server']['address']} "
+                     f"(pid {self.results['meta']['server']['pid']})")
+            self.check_quiet()
             self.phase_login()
             self.phase_hold()
             self.phase_fanout()
