@@ -182,6 +182,10 @@ class ClientApp:
         # exits 8 when it cannot).
         if self.opts.duration is not None:
             return
+        if self.session is None and self.opts.reconnect:
+            # A reconnecting client might wait for the server indefinitely.
+            self.quit()
+            return
         self._quitting = True
         if self.session is not None:
             self.session.bye()

@@ -334,3 +334,38 @@ class CommandTests(AppTestCase):
             {"type": "status", "status": "busy"}, {"type": "ping"}])
         peer.say(type="pong")
         self.assertEqual(peer.heard(), [{"type": "bye"}])
+
+
+class ReconnectingAppTests(AppTestCase):
+    def test_quit_before_first_login(self):
+        """With --reconnect, quit (or the end of stdin) before the first
+        login gives up at once: the server might never come."""
+        for stop in ("quit", "eof"):
+            self.endpoint = FakeEndpoint()
+            app, running = self.app("--reconnect")
+            self.endpoint.refuse()
+            if stop == "quit":
+                app.command("quit")
+            else:
+                app.stdin_closed()
+            self.assertEqual(self.successResultOf(running), 0)
+            self.clock.advance(3600)
+            self.assertEqual(len(self.endpoint.attempts), 1)
+
+    def test_reconnects_and_says_so(self):
+        """A dropped connection is told, retried, and the new login told."""
+        app, running = self.app("--reconnect")
+        peer = self.endpoint.accept()
+        peer.welcome()
+        peer.close()
+        self.assertIn("disconnected: ", self.out[-2])
+        self.assertRegex(self.out[-1], r"reconnecting in \d\.\d s \(attempt 1\)")
+        self.clock.advance(2)
+        again = self.endpoint.accept()
+        again.welcome()
+        self.assertEqual(self.out[-1], self.stamped(
+            f"reconnected to {ADDRESS} as user 1"))
+        self.assertNoResult(running)
+        app.quit()
+        again.close()
+        self.assertEqual(self.successResultOf(running), 0)
