@@ -178,6 +178,16 @@ def print_report(results: dict[str, Any], out: TextIO) -> None:
             _others(lg),
         ])
     _table(rows, out)
+    ceilings = [p for p in phases if _get(p, "loadgen", "ceiling_deliveries_per_s")]
+    if ceilings:
+        top = max(ceilings, key=lambda p: p.get("deliveries_per_s") or 0)
+        lg = top["loadgen"]
+        out.write(
+            f"\nload generator: {_fmt(lg['cpu_us_per_delivery'])} us CPU per "
+            f"delivery in '{top['label']}', so it saturates its "
+            f"{lg['cores_available']} CPU(s) near "
+            f"{_fmt(float(lg['ceiling_deliveries_per_s']))} deliveries/s\n"
+        )
     login = results.get("login") or {}
     hold = results.get("hold") or {}
     out.write(

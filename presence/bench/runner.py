@@ -219,6 +219,7 @@ class Bench:
             "worker_cpu": [round(x, 3) for x in cpu],
             "worker_busy": [round(x, 3) for x in busy],
             "cpu_total_cores": round(total, 3),
+            "cpu_seconds": round(total * wall, 3),
             "cores_available": cores,
             "controller_cpu": round(me / wall, 3),
             "other_cpu_cores": round(max(0.0, other), 3),
@@ -570,6 +571,14 @@ class Bench:
         behind = bool(
             scheduled and (late > 0.02 * scheduled or events < 0.97 * scheduled)
         )
+        if delivered:
+            # What the load generator spends per delivery, and so the rate at
+            # which it would saturate its CPUs (sending included).
+            per = usage["cpu_seconds"] / delivered
+            usage["cpu_us_per_delivery"] = round(per * 1e6, 2)
+            usage["ceiling_deliveries_per_s"] = (
+                round(usage["cores_available"] / per) if per > 0 else None
+            )
         usage["late_events"] = late
         usage["max_lag_ms"] = round(max_lag * 1000, 3)
         usage["blocked_sends"] = sum(r.get("blocked", 0) for r in replies)
