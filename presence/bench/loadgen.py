@@ -508,7 +508,11 @@ class Worker:
         )
 
     def start_fanout(self, rate: float, duration: float, window: int) -> None:
-        """Send status changes at C{rate}/s (0: as fast as the window allows)."""
+        """Send status changes at C{rate}/s (0: as fast as the window allows).
+
+        The window counts undelivered notifications of all workers together
+        (expected minus delivered, from the shared counters).
+        """
         self.kind = "fanout"
         pool = self.senders()
         t0 = time.monotonic()

@@ -260,10 +260,11 @@ def write_plot(results: dict[str, Any], path: Path) -> None:
 
     for key, style in (("p50_ms", "o-"), ("p99_ms", "s-")):
         xs, ys = series(paced, key)
-        ax1.plot(xs, ys, style, label=key.replace("_ms", ""))
+        (line,) = ax1.plot(xs, ys, style, label=key.replace("_ms", ""))
         fx, fy = series(fastest, key)
         if fx:
-            ax1.plot(fx, fy, "x", markersize=10, label=f"{key[:3]} as fast as possible")
+            ax1.plot(fx, fy, "x", markersize=10, color=line.get_color(),
+                     label=f"{key[:3]} as fast as possible")
     for p in paced:
         v = _get(p, "latency", "p99_ms")
         if v is not None:

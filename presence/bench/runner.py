@@ -595,7 +595,7 @@ class Bench:
             label = f"fan-out {rate:g}/s" if rate else "fan-out max"
             res = self.run_events(
                 f"f{i}", "fanout",
-                ("fanout", per_worker, o.phase_seconds, max(1, o.window // o.workers)),
+                ("fanout", per_worker, o.phase_seconds, max(1, o.window)),
                 o.phase_seconds, label,
             )
             res["rate"] = rate
