@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-import pytest
 from conftest import ServerProcess
 
 from presence.test.sockets import Closed, LineSocket, wait_until

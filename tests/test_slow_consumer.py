@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import pytest
 from conftest import ServerProcess
 
 from presence.test.sockets import Json, LineSocket, rss_kib
