@@ -124,3 +124,24 @@ def test_empty_secret_file_refused(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "secret-file" in result.stdout + result.stderr
+
+
+def test_cli_with_token(secure: ServerProcess, secret_file: Path) -> None:
+    """presence-client logs in with a presence-token token, and exits with
+    code 10 when the token is refused."""
+    exe = Path(sys.executable).with_name("presence-client")
+    server = f"tcp:{secure.host}:{secure.port}"
+    good = subprocess.run(
+        [str(exe), "--server", server, "--user", "1", "--for", "0.5", "--json",
+         "--token", token_cli(secret_file, "--user", "1")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert good.returncode == 0, good.stderr
+    assert '"welcome"' in good.stdout
+    bad = subprocess.run(
+        [str(exe), "--server", server, "--user", "1", "--for", "5",
+         "--token", token_cli(secret_file, "--user", "2")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert bad.returncode == 10, (bad.stdout, bad.stderr)
+    assert "Authentication failed" in bad.stderr

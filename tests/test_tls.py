@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import ssl
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,4 +177,36 @@ def test_plaintext_client_gets_nothing(tls_server: ServerProcess, pki: Pki) -> N
         assert b"welcome" not in data
     with LineSocket(tls_server.host, tls_server.port, tls=context(pki.ca)) as good:
         good.login(3)
+    assert not any("user 1 joins" in line for line in tls_server.lines)
+
+
+def presence_client(*args: str) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).with_name("presence-client")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_cli_right_ca(tls_server: ServerProcess, pki: Pki, host: str) -> None:
+    """presence-client --ca-file with the server's CA logs in over TLS."""
+    result = presence_client(
+        "--server", f"ssl:{host}:{tls_server.port}", "--ca-file", str(pki.ca),
+        "--user", "1", "--friends", "2", "--for", "0.5", "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    first = json.loads(result.stdout.splitlines()[0])
+    assert first == {"type": "welcome", "user_id": 1, "timeout": 15}
+
+
+def test_cli_wrong_ca(tls_server: ServerProcess, pki: Pki) -> None:
+    """presence-client --ca-file with another CA fails clearly: exit 8, a
+    message naming the certificate problem, and no login on the server."""
+    result = presence_client(
+        "--server", f"ssl:127.0.0.1:{tls_server.port}", "--ca-file",
+        str(pki.other_ca), "--user", "1", "--for", "0.5",
+    )
+    assert result.returncode == 8, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    assert "Server Connection Error" in result.stderr
+    assert "certificate verify failed" in result.stderr
     assert not any("user 1 joins" in line for line in tls_server.lines)
