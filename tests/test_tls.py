@@ -210,3 +210,40 @@ def test_cli_wrong_ca(tls_server: ServerProcess, pki: Pki) -> None:
     assert "Server Connection Error" in result.stderr
     assert "certificate verify failed" in result.stderr
     assert not any("user 1 joins" in line for line in tls_server.lines)
+
+
+def test_slow_consumer_over_tls(start_server: StartServer, pki: Pki) -> None:
+    """A TLS client that stops reading is cut off at --max-buffer like a plain
+    one: its user goes offline for its watchers, who keep every event."""
+    server = start_server(
+        "--port",
+        f"ssl:0:privateKey={pki.key}:certKey={pki.cert}:interface=127.0.0.1",
+        "--max-buffer", "65536",
+    )
+    ctx = context(pki.ca)
+    with LineSocket(server.host, server.port, tls=ctx) as talker, \
+            LineSocket(server.host, server.port, tls=ctx, rcvbuf=4096) as slow, \
+            LineSocket(server.host, server.port, tls=ctx) as watcher:
+        talker.login(100)
+        slow.login(1, [100])
+        assert slow.presence()["user_id"] == 100
+        watcher.login(2, [100, 1])
+        assert {watcher.presence()["user_id"] for _ in range(2)} == {1, 100}
+        sent, offline = 0, None
+        while offline is None and sent < 60_000:
+            talker.send(*({"type": "status", "status": "away",
+                           "text": f"{sent + k:08d}" + "y" * 248}
+                          for k in range(200)))
+            expected = sent
+            sent += 200
+            while expected < sent:
+                event = watcher.presence()
+                if event["user_id"] == 1:
+                    assert event["online"] is False
+                    offline = event
+                    continue
+                assert event["text"].startswith(f"{expected:08d}")
+                expected += 1
+        assert offline is not None, "the slow TLS client was never cut off"
+        server.wait_for_log(r"user 1 exits: slow consumer")
+        slow.expect_closed(timeout=30)
