@@ -208,7 +208,7 @@ class PresenceProtocol(LineOnlyReceiver, TimeoutMixin):
         registry.login(self, self._watch(friends), change)
         # From now on the timer is the ping schedule: a ping after timeout/2 of
         # silence, error 1 after another timeout/2.
-        self.setTimeout(config.timeout / 2)
+        self._rearm(config.timeout / 2)
         self.log.info(
             "user {uid} joins ({n}) from {peer}",
             uid=uid,
@@ -313,6 +313,14 @@ class PresenceProtocol(LineOnlyReceiver, TimeoutMixin):
         self.fatal(ProtocolError(ErrorCode.SLOW_CONSUMER), abort=True)
 
     # -- timers --------------------------------------------------------------
+
+    def _rearm(self, period: float) -> None:
+        # TimeoutMixin.setTimeout on a running timer moves it with
+        # DelayedCall.reset, and moving a call sooner makes the reactor search
+        # its whole heap: O(connections) per login.  Cancelling is O(1) (the
+        # heap is compacted lazily), so cancel and schedule anew.
+        self.setTimeout(None)
+        self.setTimeout(period)
 
     def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
         # TimeoutMixin's timer source: the factory's clock, as for every timer.
