@@ -625,6 +625,7 @@ class Bench:
                      f"{self.results['meta']['server']['address']} "
                      f"(pid {self.results['meta']['server']['pid']})")
             self.check_quiet()
+            self.results["meta"]["date"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
             self.phase_login()
             self.phase_hold()
             self.phase_fanout()
