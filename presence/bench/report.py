@@ -143,7 +143,7 @@ def print_report(results: dict[str, Any], out: TextIO) -> None:
         f"{meta.get('friends')} friends each (seed {meta.get('seed')}), server "
         f"{_get(meta, 'server', 'address')} on cpus {_get(meta, 'server', 'cpus')}, "
         f"{_get(meta, 'loadgen', 'workers')} load workers on cpus "
-        f"{_get(meta, 'loadgen', 'cpus')}\n\n"
+        f"{_get(meta, 'loadgen', 'cpus')}; code {meta.get('source')}\n\n"
     )
     rows = [["figure", "measured", "target", "verdict", "note"]]
     verdict = {True: "ok", False: "MISSED", None: "n/a"}

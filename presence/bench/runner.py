@@ -12,6 +12,7 @@ import math
 import multiprocessing
 import os
 import platform
+import subprocess
 import sys
 import time
 from array import array
@@ -42,6 +43,23 @@ from presence.bench.server import LaunchedServer, Probe, Sample, find_listener
 
 SATURATED_BUSY = 0.90  # a worker busy this fraction of the time is saturated
 CONTENDED = 0.15  # other processes using this many cores disturb the figures
+
+
+def source_version() -> str | None:
+    """The git commit of the presence code being run, "+dirty" if modified."""
+    here = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--", str(here)],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
 
 
 def machine_busy() -> float:
@@ -279,6 +297,7 @@ class Bench:
             "argv": sys.argv,
             "host": platform.node(),
             "python": platform.python_version(),
+            "source": source_version(),
             "cpus": len(cpus),
             "server": {
                 "address": f"tcp:{host}:{port}",
