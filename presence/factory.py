@@ -14,6 +14,7 @@ from presence.auth import TokenVerifier
 from presence.errors import ErrorCode, ProtocolError
 from presence.protocol import PresenceProtocol
 from presence.registry import Registry
+from presence.timers import Deadlines
 
 MIB = 1024 * 1024
 
@@ -29,6 +30,9 @@ class Config:
     max_per_ip: int = 1_000
     max_sessions: int = 32
     max_buffer: int = MIB
+    # Pings and timeouts may fire this much late, so that one wakeup serves
+    # many connections (presence.timers).
+    timer_slack: float = 0.0
 
 
 def describe(address: IAddress) -> str:
@@ -57,6 +61,7 @@ class PresenceFactory(ServerFactory):
         self.registry = Registry(
             clock, offline_grace=self.config.offline_grace, mutual=self.config.mutual
         )
+        self.deadlines = Deadlines(clock, self.config.timer_slack)
         self.connections: set[PresenceProtocol] = set()
         self._per_ip: dict[str, int] = {}
         self._stopping = False

@@ -8,7 +8,6 @@ C{task.Clock}.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, ITCPTransport
@@ -19,9 +18,9 @@ from zope.interface import implementer
 
 from presence import wire
 from presence.errors import ErrorCode, ProtocolError
-from presence.registry import ISession
+from presence.registry import IdList, ISession, id_list
 from presence.wire import Json
-from presence.writer import Write, direct_writer
+from presence.writer import supported, write_now
 
 if TYPE_CHECKING:
     from twisted.python.failure import Failure
@@ -60,7 +59,7 @@ class PresenceProtocol(LineOnlyReceiver, TimeoutMixin):
 
     def __init__(self) -> None:
         self.user_id: int | None = None
-        self.friends: frozenset[int] = frozenset()
+        self.friends: IdList = id_list(())
         self.claim: frozenset[int] | None = None
         self.peer = ""
         self._chunks: list[bytes] = []
@@ -72,7 +71,9 @@ class PresenceProtocol(LineOnlyReceiver, TimeoutMixin):
         self._unsent = 0
         self._paused_call: IDelayedCall | None = None
         self._failsafe: IDelayedCall | None = None
-        self._write: Write = _unconnected
+        self.deadline: float | None = None
+        self.deadline_seq = 0
+        self._direct = False
 
     # -- connection lifetime -------------------------------------------------
 
@@ -83,7 +84,7 @@ class PresenceProtocol(LineOnlyReceiver, TimeoutMixin):
             # Small writes must not wait for the peer's delayed ACK.
             self.transport.setTcpNoDelay(True)
         self.transport.registerProducer(self, True)
-        self._write = direct_writer(self.transport)
+        self._direct = supported(self.transport)
         self.peer = factory.connection_made(self)
         refusal = factory.refusal(self)
         if refusal:
@@ -202,13 +203,13 @@ class PresenceProtocol(LineOnlyReceiver, TimeoutMixin):
                 f"user {uid} has {config.max_sessions} sessions",
             )
         self.user_id = uid
-        self.friends = friends
+        self.friends = id_list(friends)
         self.claim = claim
         self.deliver(wire.welcome(uid, config.timeout))
-        registry.login(self, self._watch(friends), change)
+        registry.login(self, self._watch(self.friends), change)
         # From now on the timer is the ping schedule: a ping after timeout/2 of
         # silence, error 1 after another timeout/2.
-        self._rearm(config.timeout / 2)
+        self.setTimeout(config.timeout / 2)
         self.log.info(
             "user {uid} joins ({n}) from {peer}",
             uid=uid,
@@ -241,7 +242,7 @@ class PresenceProtocol(LineOnlyReceiver, TimeoutMixin):
     def _on_friends(self, obj: Json) -> None:
         assert self.user_id is not None
         friends = wire.friends_change(
-            obj, self.user_id, self.friends, self.factory.config.max_friends
+            obj, self.user_id, frozenset(self.friends), self.factory.config.max_friends
         )
         self._set_friends(friends)
 
@@ -263,12 +264,15 @@ class PresenceProtocol(LineOnlyReceiver, TimeoutMixin):
         self.deliver(wire.PONG)
 
     def _set_friends(self, friends: frozenset[int]) -> None:
-        self.friends = friends
-        self.factory.registry.set_watch(self, self._watch(friends))
+        self.friends = id_list(friends)
+        self.factory.registry.set_watch(self, self._watch(self.friends))
 
-    def _watch(self, friends: frozenset[int]) -> frozenset[int]:
+    def _watch(self, friends: IdList) -> IdList:
         # A token's friends claim silently narrows what the session may watch.
-        return friends if self.claim is None else friends & self.claim
+        claim = self.claim
+        if claim is None:
+            return friends
+        return id_list(f for f in friends if f in claim)
 
     # -- writing and backpressure --------------------------------------------
 
@@ -280,7 +284,10 @@ class PresenceProtocol(LineOnlyReceiver, TimeoutMixin):
             if self._unsent > self.factory.config.max_buffer:
                 self.slow_consumer()
                 return
-        self._write(data)
+        if self._direct:
+            write_now(self.transport, data)
+        else:
+            self.transport.write(data)
 
     def pauseProducing(self) -> None:
         # The transport's buffer is full: the client is not reading.  Twisted
@@ -314,17 +321,28 @@ class PresenceProtocol(LineOnlyReceiver, TimeoutMixin):
 
     # -- timers --------------------------------------------------------------
 
-    def _rearm(self, period: float) -> None:
-        # TimeoutMixin.setTimeout on a running timer moves it with
-        # DelayedCall.reset, and moving a call sooner makes the reactor search
-        # its whole heap: O(connections) per login.  Cancelling is O(1) (the
-        # heap is compacted lazily), so cancel and schedule anew.
-        self.setTimeout(None)
-        self.setTimeout(period)
+    # TimeoutMixin's interface, on the factory's shared deadline heap instead
+    # of a DelayedCall per connection (see presence.timers for why).
 
-    def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
-        # TimeoutMixin's timer source: the factory's clock, as for every timer.
-        return self.factory.clock.callLater(period, func)
+    timeOut: float | None = None  # type: ignore[assignment]
+
+    def setTimeout(self, period: float | None) -> float | None:
+        previous, self.timeOut = self.timeOut, period
+        deadlines = self.factory.deadlines
+        if period is None:
+            deadlines.cancel(self)
+        else:
+            deadlines.set(self, self.factory.clock.seconds() + period)
+        return previous
+
+    def resetTimeout(self) -> None:
+        if self.timeOut is not None:
+            self.factory.deadlines.postpone(
+                self, self.factory.clock.seconds() + self.timeOut
+            )
+
+    def deadline_reached(self) -> None:
+        self.timeoutConnection()
 
     def timeoutConnection(self) -> None:
         if self.user_id is not None and not self._pinged:
@@ -363,10 +381,6 @@ class PresenceProtocol(LineOnlyReceiver, TimeoutMixin):
         self._failsafe = self.factory.clock.callLater(
             CLOSE_FAILSAFE, self.transport.abortConnection
         )
-
-
-def _unconnected(data: bytes) -> None:
-    raise RuntimeError("write before connectionMade")
 
 
 def _sessions(n: int) -> str:

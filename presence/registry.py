@@ -11,10 +11,17 @@ forwards or ignores, without changing how local watchers are told.
 Cost model: a change of user X touches only the sessions watching X (the
 reverse index C{_watchers}) and encodes each event once for all of them; a
 session's own list changes touch only the ids that changed.
+
+Memory model: a server holds tens of thousands of idle sessions, so their
+state is kept compact.  A watch list is an C{array('q')} (8 bytes an id, no
+int objects; a 20-id frozenset costs 2.2 KB); the reverse index holds a
+plain list of sessions per watched user, and switches to a set only when a
+user has more than L{SMALL} watchers, where removal by scanning would cost.
 """
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -25,6 +32,15 @@ from presence import wire
 from presence.wire import StatusChange
 
 INVISIBLE = "invisible"
+SMALL = 64  # watchers of one user kept in a list; more go in a set
+
+IdList = array  # array('q') of distinct user ids, sorted
+_NO_IDS = array("q")
+
+
+def id_list(ids: Iterable[int]) -> IdList:
+    """The compact form of a watch list that the registry keeps."""
+    return array("q", sorted(set(ids)))
 
 
 class ISession(Interface):
@@ -44,14 +60,14 @@ class _User:
 
     def __init__(self, uid: int, status: str, text: str) -> None:
         self.uid = uid
-        self.sessions: set[Any] = set()
+        self.sessions: list[Any] = []
         self.status = status
         self.text = text
         # Mutual mode only: how many of this user's session lists hold each id.
         self.listed: dict[int, int] = {}
         # Offline grace: the last session's list and when it ended, kept until
         # the grace runs out or a session comes back.
-        self.ghost: frozenset[int] = frozenset()
+        self.ghost: IdList = _NO_IDS
         self.ended_at = 0.0
         self.grace: IDelayedCall | None = None
         # The encoded "online" event, shared by fan-out and snapshots.
@@ -82,8 +98,8 @@ class Registry:
         self.offline_grace = offline_grace
         self.mutual = mutual
         self._users: dict[int, _User] = {}
-        self._watching: dict[Any, frozenset[int]] = {}
-        self._watchers: dict[int, set[Any]] = {}
+        self._watching: dict[Any, IdList] = {}
+        self._watchers: dict[int, list[Any] | set[Any]] = {}
         self._stopping = False
         # Called with (user_id, online) on each visible transition (metrics).
         self.on_transition: Callable[[int, bool], None] | None = None
@@ -106,7 +122,7 @@ class Registry:
         return user.status, user.text
 
     def watching(self, session: Any) -> frozenset[int]:
-        return self._watching.get(session, frozenset())
+        return frozenset(self._watching.get(session, ()))
 
     @property
     def users(self) -> int:
@@ -118,10 +134,13 @@ class Registry:
 
     # -- changes ------------------------------------------------------------
 
-    def login(
-        self, session: Any, watch: frozenset[int], change: StatusChange
-    ) -> None:
-        """Add a logged-in session; then send it the snapshot of its friends."""
+    def login(self, session: Any, watch: Iterable[int], change: StatusChange) -> None:
+        """Add a logged-in session; then send it the snapshot of its friends.
+
+        C{watch} is best given as an L{id_list}: it is then kept as it is.
+        """
+        if type(watch) is not array:
+            watch = id_list(watch)
         uid: int = session.user_id
         user = self._users.get(uid)
         if user is None:
@@ -138,8 +157,8 @@ class Registry:
             user.grace.cancel()
             user.grace = None
             lost = self._unlist(user, user.ghost)
-            user.ghost = frozenset()
-        user.sessions.add(session)
+            user.ghost = _NO_IDS
+        user.sessions.append(session)
         self._watch(session, watch)
         gained = self._list(user, watch)
         self._publish(user, was_visible, before, gained, lost)
@@ -152,7 +171,7 @@ class Registry:
             return
         self._unwatch(session, watch)
         user = self._users[session.user_id]
-        user.sessions.discard(session)
+        user.sessions.remove(session)
         if user.sessions:
             lost = self._unlist(user, watch)
             self._publish(user, user.visible, (user.status, user.text), (), lost)
@@ -175,19 +194,18 @@ class Registry:
         self._apply_status(user, change)
         self._publish(user, was_visible, before, (), ())
 
-    def set_watch(self, session: Any, watch: frozenset[int]) -> None:
+    def set_watch(self, session: Any, watch: Iterable[int]) -> None:
         """Replace a session's watch list; snapshot the newly watched."""
-        old = self._watching[session]
-        added, removed = watch - old, old - watch
+        new, old = set(watch), set(self._watching[session])
+        added, removed = new - old, old - new
         if not added and not removed:
             return
         user = self._users[session.user_id]
         for uid in removed:
             self._drop_watcher(uid, session)
-        watchers = self._watchers
         for uid in added:
-            watchers.setdefault(uid, set()).add(session)
-        self._watching[session] = watch
+            self._add_watcher(uid, session)
+        self._watching[session] = watch if type(watch) is array else id_list(new)
         gained = self._list(user, added)
         lost = self._unlist(user, removed)
         self._publish(user, user.visible, (user.status, user.text), gained, lost)
@@ -210,26 +228,36 @@ class Registry:
             user.text = change.text
         user.line = None
 
-    def _watch(self, session: Any, watch: frozenset[int]) -> None:
+    def _watch(self, session: Any, watch: IdList) -> None:
         self._watching[session] = watch
-        watchers = self._watchers
         for uid in watch:
-            sessions = watchers.get(uid)
-            if sessions is None:
-                watchers[uid] = {session}
-            else:
-                sessions.add(session)
+            self._add_watcher(uid, session)
 
     def _unwatch(self, session: Any, watch: Iterable[int]) -> None:
         for uid in watch:
             self._drop_watcher(uid, session)
 
+    def _add_watcher(self, uid: int, session: Any) -> None:
+        sessions = self._watchers.get(uid)
+        if sessions is None:
+            self._watchers[uid] = [session]
+        elif type(sessions) is list:
+            sessions.append(session)
+            if len(sessions) > SMALL:
+                self._watchers[uid] = set(sessions)
+        else:
+            sessions.add(session)  # type: ignore[union-attr]
+
     def _drop_watcher(self, uid: int, session: Any) -> None:
         sessions = self._watchers.get(uid)
-        if sessions is not None:
-            sessions.discard(session)
-            if not sessions:
-                del self._watchers[uid]
+        if sessions is None:
+            return
+        if type(sessions) is list:
+            sessions.remove(session)
+        else:
+            sessions.discard(session)  # type: ignore[union-attr]
+        if not sessions:
+            del self._watchers[uid]
 
     def _list(self, user: _User, ids: Iterable[int]) -> set[int]:
         """Count ids into the user's mutual list; return the newly listed."""
@@ -309,11 +337,12 @@ class Registry:
         if self.on_transition is not None and user.visible != was_visible:
             self.on_transition(user.uid, user.visible)
 
-    def _send(self, sessions: set[Any], line: bytes) -> None:
-        # Copy: a delivery may end a session (slow consumer) and so change the set.
-        for session in list(sessions):
+    def _send(self, sessions: Iterable[Any], line: bytes) -> None:
+        # Copy: a delivery may end a session and so change the collection.
+        copy = tuple(sessions)
+        for session in copy:
             session.deliver(line)
-        self.delivered += len(sessions)
+        self.delivered += len(copy)
 
     def _snapshot(self, session: Any, ids: Iterable[int]) -> None:
         if self._stopping:
@@ -336,7 +365,7 @@ class Registry:
             if watchers:
                 line = wire.offline(user.uid, last_seen)
                 self._send(
-                    {s for s in watchers if self._sees(user, s.user_id)}
+                    [s for s in watchers if self._sees(user, s.user_id)]
                     if self.mutual
                     else watchers,
                     line,

@@ -19,12 +19,9 @@ down unnoticed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import abstract, tcp
-
-Write = Callable[[bytes], None]
 
 _ATTRIBUTES = ("dataBuffer", "offset", "_tempDataLen", "connected", "disconnecting")
 
@@ -41,29 +38,17 @@ def supported(transport: Any) -> bool:
     )
 
 
-def direct_writer(transport: Any) -> Write:
-    """A write function for C{transport}: direct when it can be, else C{write}."""
-    if not supported(transport):
-        write: Write = transport.write
-        return write
-    send = transport.writeSomeData
-    queue = transport.write
-
-    def write_now(data: bytes) -> None:
-        t = transport
-        if (
-            t._tempDataLen
-            or t.offset != len(t.dataBuffer)
-            or not t.connected
-            or t.disconnecting
-        ):
-            queue(data)
-            return
-        sent = send(data)
-        if isinstance(sent, Exception):
-            # Let the reactor find the broken connection and report it.
-            queue(data)
-        elif sent < len(data):
-            queue(data[sent:])
-
-    return write_now
+def write_now(transport: Any, data: bytes) -> None:
+    """Write C{data} on a L{supported} transport: at once if nothing is queued."""
+    t = transport
+    if t._tempDataLen or t.offset != len(t.dataBuffer) or not t.connected or (
+        t.disconnecting
+    ):
+        t.write(data)
+        return
+    sent = t.writeSomeData(data)
+    if isinstance(sent, Exception):
+        # Let the reactor find the broken connection and report it.
+        t.write(data)
+    elif sent < len(data):
+        t.write(data[sent:])

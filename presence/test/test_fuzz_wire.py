@@ -310,7 +310,8 @@ class ProtocolFuzzTests(SynchronousTestCase):
             assert proto.user_id is not None
             uids[proto.user_id] = uids.get(proto.user_id, 0) + 1
             claim = proto.claim
-            expected = proto.friends if claim is None else proto.friends & claim
+            friends = frozenset(proto.friends)
+            expected = friends if claim is None else friends & claim
             assert registry.watching(proto) == expected
             assert proto.user_id not in proto.friends
         assert registry.users == len(uids)

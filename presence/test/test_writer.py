@@ -70,9 +70,7 @@ class DirectWriterTests(TestCase):
         """A write on an idle TCP connection leaves nothing queued in Twisted."""
         server, sink = yield self.connect()
         self.assertIsInstance(server.transport, tcp.Server)
-        write = writer.direct_writer(server.transport)
-        self.assertIsNot(write, server.transport.write)
-        write(b"hello\n")
+        writer.write_now(server.transport, b"hello\n")
         self.assertEqual(server.transport.dataBuffer, b"")
         self.assertEqual(server.transport._tempDataLen, 0)
         sink.expected = 6
@@ -86,10 +84,9 @@ class DirectWriterTests(TestCase):
         # A small send buffer, so that the kernel refuses most of the bytes.
         server.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         sink.transport.pauseProducing()
-        write = writer.direct_writer(server.transport)
         lines = [b"%06d:" % i + b"x" * 1000 + b"\n" for i in range(3000)]
         for line in lines:
-            write(line)
+            writer.write_now(server.transport, line)
         # The kernel buffers filled up: the rest is queued in Twisted.
         self.assertTrue(server.transport._tempDataLen or server.transport.dataBuffer)
         sink.expected = sum(map(len, lines))
@@ -101,6 +98,5 @@ class DirectWriterTests(TestCase):
 
 class FallbackTests(SynchronousTestCase):
     def test_other_transports(self) -> None:
-        """Transports that are not plain TCP servers use their own write."""
-        transport = StringTransport()
-        self.assertEqual(writer.direct_writer(transport), transport.write)
+        """Transports that are not plain TCP servers are not written to directly."""
+        self.assertFalse(writer.supported(StringTransport()))

@@ -1,0 +1,115 @@
+"""Deadlines: one heap and one DelayedCall for every connection's timer."""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from presence.timers import Deadlines
+
+
+class Owner:
+    def __init__(self, log: list[tuple[str, float]], name: str, clock: Clock) -> None:
+        self.deadline: float | None = None
+        self.deadline_seq = 0
+        self.log, self.name, self.clock = log, name, clock
+        self.then: list[tuple[Deadlines, float]] = []
+
+    def deadline_reached(self) -> None:
+        self.log.append((self.name, self.clock.seconds()))
+        for deadlines, delay in self.then:
+            deadlines.set(self, self.clock.seconds() + delay)
+        self.then = []
+
+
+class DeadlinesTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.log: list[tuple[str, float]] = []
+        self.d = Deadlines(self.clock)
+
+    def owner(self, name: str) -> Owner:
+        return Owner(self.log, name, self.clock)
+
+    def test_fires_at_deadline(self) -> None:
+        """Each owner is called at its deadline, earliest first, once."""
+        a, b = self.owner("a"), self.owner("b")
+        self.d.set(b, 5)
+        self.d.set(a, 3)
+        self.clock.advance(2.9)
+        self.assertEqual(self.log, [])
+        self.clock.advance(0.1)
+        self.assertEqual(self.log, [("a", 3)])
+        self.clock.advance(2)
+        self.assertEqual(self.log, [("a", 3), ("b", 5)])
+        self.clock.advance(10)
+        self.assertEqual(len(self.log), 2)
+
+    def test_one_call_for_many(self) -> None:
+        """However many deadlines, the clock holds one call."""
+        for i in range(100):
+            self.d.set(self.owner(str(i)), 10 + i)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.assertEqual(len(self.d), 100)
+
+    def test_postpone(self) -> None:
+        """A postponed deadline fires at its new time, not the old one."""
+        a = self.owner("a")
+        self.d.set(a, 3)
+        self.clock.advance(2)
+        self.d.postpone(a, 6)
+        self.clock.advance(1)
+        self.assertEqual(self.log, [])
+        self.clock.advance(3)
+        self.assertEqual(self.log, [("a", 6)])
+
+    def test_postpone_unset_does_nothing(self) -> None:
+        """Postponing an owner without a deadline does not give it one."""
+        a = self.owner("a")
+        self.d.postpone(a, 6)
+        self.clock.advance(10)
+        self.assertEqual(self.log, [])
+
+    def test_set_replaces(self) -> None:
+        """Setting again replaces the deadline, earlier or later."""
+        a, b = self.owner("a"), self.owner("b")
+        self.d.set(a, 5)
+        self.d.set(a, 2)
+        self.d.set(b, 2)
+        self.d.set(b, 7)
+        self.clock.pump([1] * 10)
+        self.assertEqual(self.log, [("a", 2), ("b", 7)])
+
+    def test_cancel(self) -> None:
+        """A cancelled owner is not called; with none left, no call stays."""
+        a, b = self.owner("a"), self.owner("b")
+        self.d.set(a, 5)
+        self.d.set(b, 6)
+        self.d.cancel(a)
+        self.d.cancel(a)
+        self.assertEqual(len(self.d), 1)
+        self.d.cancel(b)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(10)
+        self.assertEqual(self.log, [])
+
+    def test_set_from_callback(self) -> None:
+        """An owner may set its next deadline while being called."""
+        a = self.owner("a")
+        a.then = [(self.d, 4)]
+        self.d.set(a, 1)
+        self.clock.advance(1)
+        self.clock.advance(4)
+        self.assertEqual(self.log, [("a", 1), ("a", 5)])
+
+    def test_slack_batches_late_never_early(self) -> None:
+        """With slack, one wakeup serves deadlines up to slack later, none early."""
+        d = Deadlines(self.clock, slack=0.5)
+        for name, when in (("a", 1.0), ("b", 1.3), ("c", 1.6)):
+            d.set(self.owner(name), when)
+        self.clock.advance(1.49)
+        self.assertEqual(self.log, [])
+        self.clock.advance(0.01)
+        self.assertEqual(self.log, [("a", 1.5), ("b", 1.5)])
+        self.clock.advance(0.6)
+        self.assertEqual(self.log[2:], [("c", 2.1)])

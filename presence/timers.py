@@ -1,0 +1,102 @@
+"""One timer for all connections: a heap of deadlines on the injected clock.
+
+Twisted's C{TimeoutMixin} gives every connection its own C{DelayedCall}.  With
+tens of thousands of idle connections that is the main idle cost: every line
+a client sends postpones its call (a "lazy" reset that the reactor resolves
+by popping and pushing it again, through Python-level comparisons), and
+setting a shorter timeout searches the reactor's whole heap.  L{Deadlines}
+keeps (when, sequence, owner) tuples in a C{heapq} (compared in C), postpones
+by just updating the owner's deadline, and keeps a single C{DelayedCall} for
+the earliest deadline.  With C{slack}, a wakeup also serves every deadline
+due within that many seconds after it, so that one reactor turn pings many
+idle clients; a deadline then fires up to C{slack} late, never early.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Protocol
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+
+class TimerOwner(Protocol):
+    deadline: float | None
+    deadline_seq: int
+
+    def deadline_reached(self) -> None: ...
+
+
+class Deadlines:
+    def __init__(self, clock: IReactorTime, slack: float = 0.0) -> None:
+        self.clock = clock
+        self.slack = slack
+        self._heap: list[tuple[float, int, TimerOwner]] = []
+        self._seq = 0
+        self._call: IDelayedCall | None = None
+        self._call_at = 0.0
+        self._live = 0  # owners with a deadline
+
+    def __len__(self) -> int:
+        return self._live
+
+    def set(self, owner: TimerOwner, when: float) -> None:
+        """Call C{owner.deadline_reached()} at C{when} (replacing any deadline)."""
+        self._seq += 1
+        if owner.deadline is None:
+            self._live += 1
+        owner.deadline = when
+        owner.deadline_seq = self._seq
+        heapq.heappush(self._heap, (when, self._seq, owner))
+        self._schedule()
+
+    @staticmethod
+    def postpone(owner: TimerOwner, when: float) -> None:
+        """Move a set deadline later: O(1), resolved when the old one comes up."""
+        if owner.deadline is not None:
+            owner.deadline = when
+
+    def cancel(self, owner: TimerOwner) -> None:
+        if owner.deadline is None:
+            return
+        owner.deadline = None
+        self._live -= 1
+        if not self._live:
+            # Nothing left to wait for: drop the stale entries and the call.
+            self._heap.clear()
+            if self._call is not None and self._call.active():
+                self._call.cancel()
+            self._call = None
+
+    def _schedule(self) -> None:
+        heap = self._heap
+        while heap and heap[0][2].deadline_seq != heap[0][1]:
+            heapq.heappop(heap)  # superseded by a later set() for its owner
+        if not heap:
+            return
+        at = heap[0][0] + self.slack
+        call = self._call
+        if call is not None and call.active():
+            if self._call_at <= at:
+                return
+            call.cancel()
+        self._call_at = at
+        delay = max(0.0, at - self.clock.seconds())
+        self._call = self.clock.callLater(delay, self._run)
+
+    def _run(self) -> None:
+        self._call = None
+        heap = self._heap
+        due = self.clock.seconds()
+        while heap and heap[0][0] <= due:
+            _, seq, owner = heapq.heappop(heap)
+            if owner.deadline_seq != seq or owner.deadline is None:
+                continue  # cancelled, or superseded by a later set()
+            if owner.deadline > due:
+                # Postponed since: wait for the new deadline.
+                heapq.heappush(heap, (owner.deadline, seq, owner))
+                continue
+            owner.deadline = None
+            self._live -= 1
+            owner.deadline_reached()
+        self._schedule()
