@@ -116,6 +116,15 @@ class PresenceProtocol(LineOnlyReceiver, TimeoutMixin):
         # line trickling in byte by byte must not cost quadratic copying.
         if self._closing:
             return
+        # Idle clients send little but keep-alives: answer those without
+        # splitting and decoding (the same effect as the general path).
+        keepalive = _KEEPALIVE.get(data)
+        if keepalive is not None and self.user_id is not None and not self._chunks:
+            self._pinged = False
+            self.resetTimeout()
+            if keepalive:
+                self.deliver(keepalive)
+            return
         if b"\n" not in data:
             self._chunks.append(data)
             self._pending += len(data)
@@ -386,6 +395,14 @@ class PresenceProtocol(LineOnlyReceiver, TimeoutMixin):
 def _sessions(n: int) -> str:
     return "1 session" if n == 1 else f"{n} sessions"
 
+
+# Whole reads that are a lone ping (answered by pong) or pong (no answer).
+_KEEPALIVE: dict[bytes, bytes] = {
+    b"%s%s" % (line, end): answer
+    for kind, answer in (("ping", wire.PONG), ("pong", b""))
+    for line in (b'{"type":"%s"}' % kind.encode(), b'{"type": "%s"}' % kind.encode())
+    for end in (b"\n", b"\r\n")
+}
 
 _HANDLERS: dict[str, Any] = {
     "ping": PresenceProtocol._on_ping,

@@ -69,12 +69,28 @@ class Options(usage.Options):
         ["max-buffer", None, MIB,
          "Most bytes queued for a client that does not read before it is cut "
          "off (error 14).", _positive(int)],
+        ["timer-slack", None, 0.25,
+         "Seconds a ping or timeout may come late, so that one wakeup serves "
+         "many idle connections.", _non_negative],
         ["secret-file", None, None,
          "File holding the HMAC secret; logins must then carry a JWT (HS256)."],
     ]
 
     def opt_port(self, value: str) -> None:
         self["port"] = f"tcp:{value}" if value.isdigit() else value
+
+    @property
+    def endpoint_description(self) -> str:
+        """The --port endpoint, with a listen backlog fit for login storms.
+
+        Twisted's default backlog of 50 drops connection attempts in a burst
+        (clients then retry only after a second); 1024 unless one is given.
+        """
+        description: str = self["port"]
+        kind = description.split(":", 1)[0]
+        if kind in ("tcp", "tcp6", "ssl", "unix") and "backlog=" not in description:
+            description += ":backlog=1024"
+        return description
 
     def postOptions(self) -> None:
         if self["visibility"] not in ("open", "mutual"):
@@ -98,6 +114,7 @@ class Options(usage.Options):
             max_per_ip=self["max-per-ip"],
             max_sessions=self["max-sessions"],
             max_buffer=self["max-buffer"],
+            timer_slack=self["timer-slack"],
         )
 
 
@@ -145,6 +162,6 @@ def makeService(options: Options) -> IService:
         TokenVerifier(secret) if secret is not None else None,
     )
     description = options["port"]
-    endpoint = endpoints.serverFromString(reactor, description)
+    endpoint = endpoints.serverFromString(reactor, options.endpoint_description)
     scheme = description.split(":", 1)[0] if ":" in description else "tcp"
     return PresenceService(endpoint, factory, reactor, scheme)

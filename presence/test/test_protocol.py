@@ -243,6 +243,26 @@ class FramingTests(ErrorAssertions):
         c.proto.dataReceived(b"\n")
         self.assertEqual(c.received()[0]["type"], "welcome")
 
+    def test_keepalive_after_partial_line(self) -> None:
+        """A ping read after part of a line completes that line first."""
+        c = self.h.connect()
+        c.proto.dataReceived(b'{"user_id": 1')
+        c.proto.dataReceived(b'}\n')
+        c.received()
+        c.proto.dataReceived(b'{"type": "status", "status": "busy"')
+        c.proto.dataReceived(b'{"type":"ping"}\n')
+        self.assertError(c, ErrorCode.JSON_DECODING, fatal=True)
+
+    def test_keepalive_forms(self) -> None:
+        """Pings with or without a space, with \n or \r\n, are each answered."""
+        c = self.h.connect()
+        c.send({"user_id": 1})
+        c.received()
+        for line in (b'{"type":"ping"}\n', b'{"type": "ping"}\r\n',
+                     b'{"type":"pong"}\n', b'{"type": "ping"}\n{"type":"ping"}\n'):
+            c.proto.dataReceived(line)
+        self.assertEqual(c.received(), [{"type": "pong"}] * 4)
+
     def test_nothing_after_fatal(self) -> None:
         """Lines after a fatal error in the same write are not handled."""
         c = self.h.connect()

@@ -20,7 +20,7 @@ class OptionsTests(SynchronousTestCase):
         """With no options: tcp:8081 and PROTOCOL.md's defaults."""
         options = self.parse()
         self.assertEqual(options["port"], "tcp:8081")
-        self.assertEqual(options.config(), Config())
+        self.assertEqual(options.config(), Config(timer_slack=0.25))
         self.assertIsNone(options["secret"])
 
     def test_port_number(self) -> None:
@@ -33,17 +33,29 @@ class OptionsTests(SynchronousTestCase):
             self.parse("--port", "unix:/tmp/p.sock")["port"], "unix:/tmp/p.sock"
         )
 
+    def test_backlog(self) -> None:
+        """A listen backlog of 1024 is added unless the endpoint names one."""
+        for given, used in (
+            ("8081", "tcp:8081:backlog=1024"),
+            ("tcp:8081:interface=::1", "tcp:8081:interface=::1:backlog=1024"),
+            ("unix:/tmp/s", "unix:/tmp/s:backlog=1024"),
+            ("tcp:8081:backlog=7", "tcp:8081:backlog=7"),
+            ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+        ):
+            self.assertEqual(self.parse("--port", given).endpoint_description, used)
+
     def test_all_options(self) -> None:
         """Every option reaches the configuration."""
         options = self.parse(
             "--timeout", "30", "--offline-grace", "2.5", "--visibility", "mutual",
             "--max-line", "4096", "--max-friends", "50", "--max-connections", "99",
             "--max-per-ip", "7", "--max-sessions", "3", "--max-buffer", "2048",
+            "--timer-slack", "0.5",
         )
         self.assertEqual(options.config(), Config(
             timeout=30, offline_grace=2.5, mutual=True, max_line=4096,
             max_friends=50, max_connections=99, max_per_ip=7, max_sessions=3,
-            max_buffer=2048))
+            max_buffer=2048, timer_slack=0.5))
 
     def test_bad_values(self) -> None:
         """Bad values are usage errors, not tracebacks."""
