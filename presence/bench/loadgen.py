@@ -618,6 +618,7 @@ class Worker:
             "late": 0,
             "max_lag": 0.0,
             "away": 0,
+            "skipped": 0,
             "delay": delay,
             "deadline": t0 + duration + delay + 15.0,
             "done": False,
@@ -647,6 +648,7 @@ class Worker:
                 if c is not None and c.state == WELCOMED:
                     break
             else:
+                st["skipped"] += 1  # nobody to disconnect: not the bench's delay
                 continue
             self.close_times[uid] = stamp = time.time()
             if not self.first_send:
@@ -689,7 +691,8 @@ class Worker:
             "churn",
             {
                 "sent": st["sent"],
-                "scheduled": st["total"],
+                "scheduled": st["total"] - st["skipped"],
+                "skipped": st["skipped"],
                 "late": st["late"],
                 "max_lag": st["max_lag"],
                 "not_back": st["away"]

@@ -124,7 +124,11 @@ def _others(usage: dict[str, Any]) -> str:
     other = usage.get("other_cpu_cores")
     if other is None:
         return "-"
-    return f"{other:.2f}" + (" BUSY MACHINE" if usage.get("contended") else "")
+    text = f"{other:.2f}"
+    if "other_on_server_cpu" in usage:
+        text += (f" (srv {usage['other_on_server_cpu']:.2f}"
+                 f"/load {usage['other_on_load_cpus']:.2f})")
+    return text + (" BUSY MACHINE" if usage.get("contended") else "")
 
 
 def _table(rows: list[list[str]], out: TextIO) -> None:
@@ -178,7 +182,8 @@ def print_report(results: dict[str, Any], out: TextIO) -> None:
             _others(lg),
         ])
     _table(rows, out)
-    ceilings = [p for p in phases if _get(p, "loadgen", "ceiling_deliveries_per_s")]
+    ceilings = [p for p in results.get("fanout") or []
+                if _get(p, "loadgen", "ceiling_deliveries_per_s")]
     if ceilings:
         top = max(ceilings, key=lambda p: p.get("deliveries_per_s") or 0)
         lg = top["loadgen"]

@@ -62,13 +62,21 @@ def source_version() -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
-def machine_busy() -> float:
-    """CPU seconds the whole machine has spent busy, all CPUs together."""
-    t = psutil.cpu_times()
-    busy = t.user + t.nice + t.system
+def _busy(t: Any) -> float:
+    busy: float = t.user + t.nice + t.system
     for name in ("irq", "softirq", "steal"):
         busy += getattr(t, name, 0.0)
     return busy
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy, all CPUs together."""
+    return _busy(psutil.cpu_times())
+
+
+def cpus_busy() -> list[float]:
+    """CPU seconds each CPU has spent busy."""
+    return [_busy(t) for t in psutil.cpu_times(percpu=True)]
 
 
 @dataclass
@@ -202,6 +210,7 @@ class Bench:
             "workers": self.worker_cpu(),
             "busy": self.per_worker(C_BUSY),
             "machine": machine_busy(),
+            "percpu": cpus_busy(),
             "me": sum(self.me.cpu_times()[:2]),
             "server": server.cpu if server else 0.0,
         }
@@ -233,7 +242,26 @@ class Bench:
                                                       strict=True))
             - me
         ) / wall
+        # With pinning, split the others' CPU into the server's CPU and the
+        # load generator's: which side was slowed down?
+        split: dict[str, float] = {}
+        if self.server_cpus:
+            percpu = [b - a for a, b in zip(start["percpu"], cpus_busy(), strict=False)]
+
+            def on(cpus: set[int]) -> float:
+                return sum(percpu[i] for i in cpus if i < len(percpu))
+
+            workers_cpu = sum(
+                b - a for a, b in zip(start["workers"], cpu_now, strict=True)
+            )
+            split = {
+                "other_on_server_cpu": round(
+                    max(0.0, on(self.server_cpus) - server_cpu) / wall, 3),
+                "other_on_load_cpus": round(
+                    max(0.0, on(self.load_cpus) - workers_cpu - me) / wall, 3),
+            }
         return {
+            **split,
             "worker_cpu": [round(x, 3) for x in cpu],
             "worker_busy": [round(x, 3) for x in busy],
             "cpu_total_cores": round(total, 3),
