@@ -159,9 +159,15 @@ class Registry:
             lost = self._unlist(user, user.ghost)
             user.ghost = _NO_IDS
         user.sessions.append(session)
-        self._watch(session, watch)
+        self._watching[session] = watch
         gained = self._list(user, watch)
         self._publish(user, was_visible, before, gained, lost)
+        if session not in self._watching:
+            return  # it ended while its arrival was published
+        # Watch only now: a friend ending during that publish must not send
+        # this session an offline event for someone it was never shown.
+        for uid in watch:
+            self._add_watcher(uid, session)
         self._snapshot(session, watch)
 
     def logout(self, session: Any) -> None:
@@ -203,12 +209,14 @@ class Registry:
         user = self._users[session.user_id]
         for uid in removed:
             self._drop_watcher(uid, session)
-        for uid in added:
-            self._add_watcher(uid, session)
         self._watching[session] = watch if type(watch) is array else id_list(new)
         gained = self._list(user, added)
         lost = self._unlist(user, removed)
         self._publish(user, user.visible, (user.status, user.text), gained, lost)
+        if session not in self._watching:
+            return  # it ended while its change was published
+        for uid in added:
+            self._add_watcher(uid, session)
         self._snapshot(session, added)
 
     def stop(self) -> None:
@@ -227,11 +235,6 @@ class Registry:
         if change.text is not None:
             user.text = change.text
         user.line = None
-
-    def _watch(self, session: Any, watch: IdList) -> None:
-        self._watching[session] = watch
-        for uid in watch:
-            self._add_watcher(uid, session)
 
     def _unwatch(self, session: Any, watch: Iterable[int]) -> None:
         for uid in watch:
@@ -253,7 +256,8 @@ class Registry:
         if sessions is None:
             return
         if type(sessions) is list:
-            sessions.remove(session)
+            if session in sessions:
+                sessions.remove(session)
         else:
             sessions.discard(session)  # type: ignore[union-attr]
         if not sessions:

@@ -8,8 +8,7 @@ every step checks each session's events against a small reference model.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from hypothesis import HealthCheck, settings
@@ -762,28 +761,6 @@ class SlowConsumer(FakeSession):
         self.registry.logout(self)
 
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def todo(reason: str) -> Callable[[F], F]:
-    """Mark a test as an expected failure, for trial, with the reason."""
-
-    def mark(f: F) -> F:
-        setattr(f, "todo", reason)  # noqa: B010 (a plain assignment upsets mypy)
-        return f
-
-    return mark
-
-
-LONE_OFFLINE = (
-    "registry bug: a session is registered as a watcher of its new friends "
-    "before its own user's change is fanned out, so a friend ending "
-    "synchronously inside that fan-out is reported offline to it before (and "
-    "instead of) its snapshot.  Not reached while transports abort "
-    "asynchronously, as Twisted's TCP and TLS transports do."
-)
-
-
 class ReentrancyTests(RegistryTestCase):
     """
     A session's C{deliver} may end that session at once (a slow consumer
@@ -817,7 +794,6 @@ class ReentrancyTests(RegistryTestCase):
         self.assertEqual(w.take(), [online(2)])
         self.assertEqual(self.registry.sessions, 2)
 
-    @todo(LONE_OFFLINE)
     def test_no_lone_offline_at_login(self) -> None:
         """
         A friend that ends while the new session's own login is fanned out is
@@ -829,7 +805,6 @@ class ReentrancyTests(RegistryTestCase):
         self.assertEqual(self.registry.session_count(1), 0)
         self.assertEqual(x.take(), [])
 
-    @todo(LONE_OFFLINE)
     def test_no_lone_offline_at_set_watch(self) -> None:
         """
         The same for a friend newly watched by C{set_watch}: it ends while
