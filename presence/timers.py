@@ -9,7 +9,9 @@ keeps (when, sequence, owner) tuples in a C{heapq} (compared in C), postpones
 by just updating the owner's deadline, and keeps a single C{DelayedCall} for
 the earliest deadline.  With C{slack}, a wakeup also serves every deadline
 due within that many seconds after it, so that one reactor turn pings many
-idle clients; a deadline then fires up to C{slack} late, never early.
+idle clients; a deadline then fires up to C{slack} late, never early.  At
+most L{BATCH} owners are called in one turn: the rest follow in the next, so
+that network events are served in between and a batch never stalls delivery.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+BATCH = 64  # owners called in one reactor turn
 
 class TimerOwner(Protocol):
     deadline: float | None
@@ -88,7 +91,13 @@ class Deadlines:
         self._call = None
         heap = self._heap
         due = self.clock.seconds()
+        budget = BATCH
         while heap and heap[0][0] <= due:
+            if not budget:
+                # More are due: let the reactor serve the network first.
+                self._call_at = due
+                self._call = self.clock.callLater(0, self._run)
+                return
             _, seq, owner = heapq.heappop(heap)
             if owner.deadline_seq != seq or owner.deadline is None:
                 continue  # cancelled, or superseded by a later set()
@@ -98,5 +107,6 @@ class Deadlines:
                 continue
             owner.deadline = None
             self._live -= 1
+            budget -= 1
             owner.deadline_reached()
         self._schedule()

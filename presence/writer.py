@@ -4,11 +4,11 @@ C{transport.write} only queues: the bytes go out on the next reactor turn,
 after two epoll_ctl calls to turn write interest on and off again.  For a
 presence server, whose writes are small and mostly find the socket idle, that
 doubles the CPU a notification costs and adds a turn of latency.  When the
-transport has nothing queued, L{direct_writer} hands the bytes to the
-transport's own C{writeSomeData} (one send(2)); whatever the kernel does not
-take, and every write while anything is queued, goes through
-C{transport.write} as usual, so bytes keep their order and Twisted keeps
-managing the buffer, producers and errors.
+transport has nothing queued, L{write_now} sends the bytes on the
+transport's socket (one send(2)); whatever the kernel does not take, and
+every write while anything is queued, goes through C{transport.write} as
+usual, so bytes keep their order and Twisted keeps managing the buffer,
+producers and errors.
 
 This leans on C{FileDescriptor}'s buffer attributes.  Each transport is
 checked for them; if a Twisted release changes them, every connection falls
@@ -23,7 +23,9 @@ from typing import Any
 
 from twisted.internet import abstract, tcp
 
-_ATTRIBUTES = ("dataBuffer", "offset", "_tempDataLen", "connected", "disconnecting")
+_ATTRIBUTES = (
+    "dataBuffer", "offset", "_tempDataLen", "connected", "disconnecting", "socket"
+)
 
 
 def supported(transport: Any) -> bool:
@@ -31,7 +33,6 @@ def supported(transport: Any) -> bool:
     return (
         type(transport) is tcp.Server
         and isinstance(transport, abstract.FileDescriptor)
-        and callable(getattr(transport, "writeSomeData", None))
         and all(hasattr(transport, name) for name in _ATTRIBUTES)
         and type(transport._tempDataLen) is int
         and type(transport.dataBuffer) is bytes
@@ -46,9 +47,12 @@ def write_now(transport: Any, data: bytes) -> None:
     ):
         t.write(data)
         return
-    sent = t.writeSomeData(data)
-    if isinstance(sent, Exception):
-        # Let the reactor find the broken connection and report it.
+    try:
+        sent = t.socket.send(data)
+    except OSError:
+        # EAGAIN, or a broken connection: queue it, and let the reactor send
+        # it later or find the error and report it, as for any write.
         t.write(data)
-    elif sent < len(data):
+        return
+    if sent < len(data):
         t.write(data[sent:])
