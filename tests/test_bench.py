@@ -81,3 +81,17 @@ def test_bench_end_to_end(tmp_path: Path) -> None:
                      "p99_at_40k", "logins_per_s"}
     for t in results["targets"]:
         assert t["value"] is not None, t["key"]
+
+
+def test_without_bench_extra() -> None:
+    """Without the bench extra, presence-bench says what to install, no traceback."""
+    code = (
+        "import sys; sys.modules['psutil'] = None; "
+        "from presence.bench.cli import main; main(['--users', '10'])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert "pip install 'presence[bench]'" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -6,9 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from presence.bench.report import print_report, targets, write_json, write_plot
-from presence.bench.runner import Bench, Options
-from presence.bench.server import parse_server
+EXTRA = "pip install 'presence[bench]'"
 
 
 def parse_rates(text: str) -> list[float | None]:
@@ -94,6 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        # psutil, tqdm and matplotlib come with the "bench" extra, not with
+        # the server: say so instead of failing with a traceback.
+        from presence.bench.report import print_report, targets, write_json, write_plot
+        from presence.bench.runner import Bench, Options
+        from presence.bench.server import parse_server
+
+        if args.plot:
+            import matplotlib  # noqa: F401  (write_plot imports it late)
+    except ImportError as e:
+        raise SystemExit(
+            f"presence-bench: {e.name} is not installed; install it with {EXTRA}"
+        ) from None
     if args.users < 2 or args.users > 1_000_000:
         raise SystemExit("presence-bench: --users must be 2..1000000")
     if args.workers < 1 or args.workers > 64:
