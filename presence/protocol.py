@@ -119,11 +119,16 @@ class PresenceProtocol(LineOnlyReceiver, TimeoutMixin):
         # Idle clients send little but keep-alives: answer those without
         # splitting and decoding (the same effect as the general path).
         keepalive = _KEEPALIVE.get(data)
-        if keepalive is not None and self.user_id is not None and not self._chunks:
+        if (
+            keepalive is not None
+            and self.user_id is not None
+            and not self._chunks
+            and keepalive[1] <= self.MAX_LENGTH
+        ):
             self._pinged = False
             self.resetTimeout()
-            if keepalive:
-                self.deliver(keepalive)
+            if keepalive[0]:
+                self.deliver(keepalive[0])
             return
         if b"\n" not in data:
             self._chunks.append(data)
@@ -323,7 +328,9 @@ class PresenceProtocol(LineOnlyReceiver, TimeoutMixin):
         pass  # connectionLost follows and cleans up
 
     def slow_consumer(self) -> None:
-        self._paused_call = None
+        call, self._paused_call = self._paused_call, None
+        if call is not None and call.active():
+            call.cancel()  # cut off by --max-buffer before the paused timer
         if self._closing:
             return
         self.fatal(ProtocolError(ErrorCode.SLOW_CONSUMER), abort=True)
@@ -396,9 +403,10 @@ def _sessions(n: int) -> str:
     return "1 session" if n == 1 else f"{n} sessions"
 
 
-# Whole reads that are a lone ping (answered by pong) or pong (no answer).
-_KEEPALIVE: dict[bytes, bytes] = {
-    b"%s%s" % (line, end): answer
+# Whole reads that are a lone ping (answered by pong) or pong (no answer),
+# with the answer and the line's length without its terminator.
+_KEEPALIVE: dict[bytes, tuple[bytes, int]] = {
+    b"%s%s" % (line, end): (answer, len(line))
     for kind, answer in (("ping", wire.PONG), ("pong", b""))
     for line in (b'{"type":"%s"}' % kind.encode(), b'{"type": "%s"}' % kind.encode())
     for end in (b"\n", b"\r\n")

@@ -20,6 +20,7 @@ import heapq
 from typing import Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 
 BATCH = 64  # owners called in one reactor turn
 
@@ -31,6 +32,8 @@ class TimerOwner(Protocol):
 
 
 class Deadlines:
+    log = Logger()
+
     def __init__(self, clock: IReactorTime, slack: float = 0.0) -> None:
         self.clock = clock
         self.slack = slack
@@ -39,6 +42,7 @@ class Deadlines:
         self._call: IDelayedCall | None = None
         self._call_at = 0.0
         self._live = 0  # owners with a deadline
+        self._running = False  # in _run, which schedules the next call itself
 
     def __len__(self) -> int:
         return self._live
@@ -72,6 +76,8 @@ class Deadlines:
             self._call = None
 
     def _schedule(self) -> None:
+        if self._running:
+            return
         heap = self._heap
         while heap and heap[0][2].deadline_seq != heap[0][1]:
             heapq.heappop(heap)  # superseded by a later set() for its owner
@@ -92,21 +98,31 @@ class Deadlines:
         heap = self._heap
         due = self.clock.seconds()
         budget = BATCH
-        while heap and heap[0][0] <= due:
-            if not budget:
-                # More are due: let the reactor serve the network first.
-                self._call_at = due
-                self._call = self.clock.callLater(0, self._run)
-                return
-            _, seq, owner = heapq.heappop(heap)
-            if owner.deadline_seq != seq or owner.deadline is None:
-                continue  # cancelled, or superseded by a later set()
-            if owner.deadline > due:
-                # Postponed since: wait for the new deadline.
-                heapq.heappush(heap, (owner.deadline, seq, owner))
-                continue
-            owner.deadline = None
-            self._live -= 1
-            budget -= 1
-            owner.deadline_reached()
+        # Owners set new deadlines while they are called; the one call that
+        # follows is scheduled here, after the loop, and nowhere else.
+        self._running = True
+        try:
+            while heap and heap[0][0] <= due:
+                if not budget:
+                    # More are due: let the reactor serve the network first.
+                    self._call_at = due
+                    self._call = self.clock.callLater(0, self._run)
+                    return
+                _, seq, owner = heapq.heappop(heap)
+                if owner.deadline_seq != seq or owner.deadline is None:
+                    continue  # cancelled, or superseded by a later set()
+                if owner.deadline > due:
+                    # Postponed since: wait for the new deadline.
+                    heapq.heappush(heap, (owner.deadline, seq, owner))
+                    continue
+                owner.deadline = None
+                self._live -= 1
+                budget -= 1
+                try:
+                    owner.deadline_reached()
+                except Exception:
+                    # One owner's failure must not stop everyone's timers.
+                    self.log.failure("timer of {owner!r} failed", owner=owner)
+        finally:
+            self._running = False
         self._schedule()

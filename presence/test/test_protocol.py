@@ -253,6 +253,15 @@ class FramingTests(ErrorAssertions):
         c.proto.dataReceived(b'{"type":"ping"}\n')
         self.assertError(c, ErrorCode.JSON_DECODING, fatal=True)
 
+    def test_keepalive_over_max_line(self) -> None:
+        """A ping line longer than --max-line is error 9 like any other line."""
+        h = Harness(max_line=14)
+        c = h.connect()
+        c.send(b'{"user_id":1}\n')
+        c.received()
+        c.send(b'{"type":"ping"}\n')
+        self.assertError(c, ErrorCode.LINE_TOO_LONG, fatal=True)
+
     def test_keepalive_forms(self) -> None:
         """Pings with or without a space, with \n or \r\n, are each answered."""
         c = self.h.connect()
@@ -594,6 +603,30 @@ class BackpressureTests(ErrorAssertions):
         watcher.lose()
         self.assertEqual(watcher.proto._exit, "slow consumer")
         self.assertFalse(c.closed)
+
+    def test_cut_off_leaves_no_timer(self) -> None:
+        """A client cut off at --max-buffer leaves no paused timer behind."""
+        h = Harness(max_buffer=100)
+        talker = h.login(2)
+        slow = h.login(1, [2])
+        slow.proto.pauseProducing()
+        for i in range(5):
+            talker.send({"type": "status", "status": "away", "text": "x" * 50 + str(i)})
+        self.assertTrue(slow.aborted)
+        slow.lose()
+        pending = h.clock.calls
+        self.assertEqual([c for c in pending if c.func == slow.proto.slow_consumer], [])
+
+    def test_idle_timers_stay_one_call(self) -> None:
+        """Hundreds of idle clients answering pings keep one timer call in all."""
+        h = Harness(timeout=10)
+        clients = [h.login(i + 1) for i in range(200)]
+        for _ in range(8):
+            h.clock.pump([5] + [0] * 10)
+            for c in clients:
+                self.assertEqual(c.received(), [{"type": "ping", "msg": wire.PING_MSG}])
+                c.send({"type": "pong"})
+            self.assertEqual(len(h.clock.getDelayedCalls()), 1)
 
     def test_resume_resets_count(self) -> None:
         """Output counted while paused is forgotten once the transport drains."""

@@ -131,3 +131,33 @@ class DeadlinesTests(SynchronousTestCase):
                 self.assertEqual(call.getTime(), 1)
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(len(self.d), 0)
+
+    def test_one_call_after_many_full_batches(self) -> None:
+        """Owners that re-arm in batches larger than BATCH leave one call, not more.
+
+        (A follow-up call used to replace the one an owner had just scheduled
+        without cancelling it: every large batch left another wakeup chain.)
+        """
+        owners = [self.owner(str(i)) for i in range(BATCH * 3)]
+        for o in owners:
+            self.d.set(o, 1)
+        for round_ in range(1, 9):
+            for o in owners:
+                o.then = [(self.d, 5)]
+            self.clock.pump([1] * 5)
+            self.assertEqual(len(self.log), BATCH * 3 * round_)
+            self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+    def test_failing_owner(self) -> None:
+        """An owner that raises is logged; the others are still called."""
+        bad, good = self.owner("bad"), self.owner("good")
+
+        def explode() -> None:
+            raise RuntimeError("boom")
+
+        bad.deadline_reached = explode  # type: ignore[method-assign]
+        self.d.set(bad, 1)
+        self.d.set(good, 2)
+        self.clock.pump([1, 1])
+        self.assertEqual(self.log, [("good", 2)])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
