@@ -10,8 +10,9 @@ by just updating the owner's deadline, and keeps a single C{DelayedCall} for
 the earliest deadline.  With C{slack}, a wakeup also serves every deadline
 due within that many seconds after it, so that one reactor turn pings many
 idle clients; a deadline then fires up to C{slack} late, never early.  At
-most L{BATCH} owners are called in one turn: the rest follow in the next, so
-that network events are served in between and a batch never stalls delivery.
+most L{BATCH} owners are called in one turn; the rest follow L{SPACING}
+seconds later, so that the network is served in between, and the pongs that
+answer a batch of pings come back spread out rather than all at once.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 BATCH = 64  # owners called in one reactor turn
+SPACING = 0.002  # seconds between turns while more are due
 
 class TimerOwner(Protocol):
     deadline: float | None
@@ -105,8 +107,8 @@ class Deadlines:
             while heap and heap[0][0] <= due:
                 if not budget:
                     # More are due: let the reactor serve the network first.
-                    self._call_at = due
-                    self._call = self.clock.callLater(0, self._run)
+                    self._call_at = due + SPACING
+                    self._call = self.clock.callLater(SPACING, self._run)
                     return
                 _, seq, owner = heapq.heappop(heap)
                 if owner.deadline_seq != seq or owner.deadline is None:

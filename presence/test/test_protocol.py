@@ -7,6 +7,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from presence import wire
 from presence.errors import ErrorCode
 from presence.test.support import FakeClient, Harness
+from presence.timers import SPACING
 
 
 class ErrorAssertions(SynchronousTestCase):
@@ -622,7 +623,7 @@ class BackpressureTests(ErrorAssertions):
         h = Harness(timeout=10)
         clients = [h.login(i + 1) for i in range(200)]
         for _ in range(8):
-            h.clock.pump([5] + [0] * 10)
+            h.clock.pump([5] + [SPACING] * 10)
             for c in clients:
                 self.assertEqual(c.received(), [{"type": "ping", "msg": wire.PING_MSG}])
                 c.send({"type": "pong"})

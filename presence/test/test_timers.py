@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from presence.timers import BATCH, Deadlines
+from presence.timers import BATCH, SPACING, Deadlines
 
 
 class Owner:
@@ -118,17 +118,12 @@ class DeadlinesTests(SynchronousTestCase):
         """At most BATCH owners are called in one turn; the rest in the next ones."""
         for i in range(BATCH * 2 + 1):
             self.d.set(self.owner(str(i)), 1)
-        # One wakeup at a time (Clock.advance would run the follow-ups too).
-        [call] = self.clock.calls
-        self.clock.rightNow = 1
-        for expected in (BATCH, BATCH * 2, BATCH * 2 + 1):
-            self.clock.calls.remove(call)
-            call.func()
-            self.assertEqual(len(self.log), expected)
-            calls = self.clock.calls
-            if expected <= BATCH * 2:
-                [call] = calls
-                self.assertEqual(call.getTime(), 1)
+        self.clock.advance(1)
+        self.assertEqual(len(self.log), BATCH)
+        self.clock.advance(SPACING)
+        self.assertEqual(len(self.log), BATCH * 2)
+        self.clock.advance(SPACING)
+        self.assertEqual(len(self.log), BATCH * 2 + 1)
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(len(self.d), 0)
 
