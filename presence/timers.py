@@ -24,7 +24,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 BATCH = 64  # owners called in one reactor turn
-SPACING = 0.002  # seconds between turns while more are due
+SPACING = 0.005  # seconds between turns while more are due
 
 class TimerOwner(Protocol):
     deadline: float | None
