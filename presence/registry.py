@@ -22,7 +22,7 @@ user has more than L{SMALL} watchers, where removal by scanning would cost.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -101,9 +101,6 @@ class Registry:
         self._watching: dict[Any, IdList] = {}
         self._watchers: dict[int, list[Any] | set[Any]] = {}
         self._stopping = False
-        # Called with (user_id, online) on each visible transition (metrics).
-        self.on_transition: Callable[[int, bool], None] | None = None
-        self.delivered = 0
 
     # -- queries ------------------------------------------------------------
 
@@ -305,7 +302,6 @@ class Registry:
             return
         watchers = self._watchers.get(user.uid)
         if not watchers:
-            self._transition(user, was_visible)
             return
         visible = user.visible
         restated = before != (user.status, user.text)
@@ -314,12 +310,10 @@ class Registry:
                 self._send(watchers, user.online_line())
             elif was_visible and not visible:
                 self._send(watchers, wire.offline(user.uid, self.clock.seconds()))
-            self._transition(user, was_visible)
             return
         gained, lost = set(gained), set(lost)
         on_line = off_line = b""
         listed = user.listed
-        delivered = 0
         for session in list(watchers):
             w = session.user_id
             now_listed = w in listed
@@ -331,22 +325,11 @@ class Registry:
             elif old and not new:
                 off_line = off_line or wire.offline(user.uid, self.clock.seconds())
                 session.deliver(off_line)
-            else:
-                continue
-            delivered += 1
-        self.delivered += delivered
-        self._transition(user, was_visible)
-
-    def _transition(self, user: _User, was_visible: bool) -> None:
-        if self.on_transition is not None and user.visible != was_visible:
-            self.on_transition(user.uid, user.visible)
 
     def _send(self, sessions: Iterable[Any], line: bytes) -> None:
         # Copy: a delivery may end a session and so change the collection.
-        copy = tuple(sessions)
-        for session in copy:
+        for session in tuple(sessions):
             session.deliver(line)
-        self.delivered += len(copy)
 
     def _snapshot(self, session: Any, ids: Iterable[int]) -> None:
         if self._stopping:
@@ -361,7 +344,6 @@ class Registry:
         ]
         if lines:
             session.deliver(b"".join(lines))
-            self.delivered += len(lines)
 
     def _go_offline(self, user: _User, last_seen: float) -> None:
         if not self._stopping:
@@ -375,8 +357,6 @@ class Registry:
                     line,
                 )
         self._forget(user)
-        if self.on_transition is not None:
-            self.on_transition(user.uid, False)
 
     def _grace_over(self, user: _User) -> None:
         user.grace = None
