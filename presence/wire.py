@@ -122,20 +122,6 @@ def status_fields(obj: Json, *, required: bool) -> StatusChange:
     return StatusChange(status, text)
 
 
-@dataclass(frozen=True, slots=True)
-class FriendsChange:
-    """Either a whole new list (C{replace}) or ids to C{add} and C{remove}."""
-
-    replace: frozenset[int] | None
-    add: frozenset[int]
-    remove: frozenset[int]
-
-    def apply(self, current: frozenset[int]) -> frozenset[int]:
-        if self.replace is not None:
-            return self.replace
-        return (current - self.remove) | self.add
-
-
 def friends_change(
     obj: Json, me: int, current: frozenset[int], max_friends: int
 ) -> frozenset[int]:
@@ -147,18 +133,11 @@ def friends_change(
             ErrorCode.INVALID_MESSAGE, "give either friends, or add and/or remove"
         )
     if has_list:
-        change = FriendsChange(
-            id_set(obj["friends"], "friends", me, max_friends),
-            frozenset(),
-            frozenset(),
-        )
+        result = id_set(obj["friends"], "friends", me, max_friends)
     else:
-        change = FriendsChange(
-            None,
-            id_set(obj.get("add", []), "add", me, max_friends),
-            id_set(obj.get("remove", []), "remove", me, max_friends),
-        )
-    result = change.apply(current)
+        add = id_set(obj.get("add", []), "add", me, max_friends)
+        remove = id_set(obj.get("remove", []), "remove", me, max_friends)
+        result = (current - remove) | add
     if len(result) > max_friends:
         raise ProtocolError(
             ErrorCode.TOO_MANY_FRIENDS, f"{len(result)} > {max_friends}"
