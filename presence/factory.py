@@ -73,7 +73,7 @@ class PresenceFactory(ServerFactory):
         """Count a new connection in; return a printable peer address."""
         self.connections.add(proto)
         peer = proto.transport.getPeer()
-        host = _host(peer)
+        host = proto.host = _host(peer)
         if host is not None:
             self._per_ip[host] = self._per_ip.get(host, 0) + 1
         return describe(peer)
@@ -84,7 +84,7 @@ class PresenceFactory(ServerFactory):
             return "server shutting down"
         if len(self.connections) > self.config.max_connections:
             return f"server holds {self.config.max_connections}"
-        host = _host(proto.transport.getPeer())
+        host = proto.host
         if host is not None and self._per_ip[host] > self.config.max_per_ip:
             return f"{self.config.max_per_ip} from {host}"
         return ""
@@ -93,7 +93,7 @@ class PresenceFactory(ServerFactory):
         if proto not in self.connections:
             return
         self.connections.discard(proto)
-        host = _host(proto.transport.getPeer())
+        host = proto.host
         if host is not None:
             left = self._per_ip[host] - 1
             if left:

@@ -62,6 +62,7 @@ class PresenceProtocol(LineOnlyReceiver, TimeoutMixin):
         self.friends: IdList = id_list(())
         self.claim: frozenset[int] | None = None
         self.peer = ""
+        self.host: str | None = None  # IP address, for the per-address limit
         self._chunks: list[bytes] = []
         self._pending = 0
         self._pinged = False
