@@ -17,8 +17,7 @@ from collections.abc import Callable, Iterator
 import orjson
 import pytest
 from conftest import ServerProcess
-
-from presence.test.sockets import LineSocket
+from sockets import LineSocket
 
 StartServer = Callable[..., ServerProcess]
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import orjson
 from conftest import ServerProcess
+from sockets import LineSocket
 
-from presence.errors import ErrorCode
-from presence.test.sockets import LineSocket
+from presence.wire.errors import ErrorCode
 
 StartServer = Callable[..., ServerProcess]
 

@@ -13,8 +13,7 @@ from typing import Any
 
 import orjson
 from conftest import ServerProcess
-
-from presence.test.sockets import Closed, LineSocket, wait_until
+from sockets import Closed, LineSocket, wait_until
 
 StartServer = Callable[..., ServerProcess]
 

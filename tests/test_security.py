@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from conftest import ServerProcess
+from sockets import LineSocket
 
-from presence.auth import make_token
-from presence.test.sockets import LineSocket
+from presence.wire.tokens import make_token
 
 StartServer = Callable[..., ServerProcess]
 

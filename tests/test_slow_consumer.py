@@ -12,8 +12,7 @@ import time
 from collections.abc import Callable
 
 from conftest import ServerProcess
-
-from presence.test.sockets import Json, LineSocket, rss_kib
+from sockets import Json, LineSocket, rss_kib
 
 StartServer = Callable[..., ServerProcess]
 

@@ -11,9 +11,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from presence.auth import TokenVerifier
-from presence.factory import Config, PresenceFactory
-from presence.protocol import PresenceProtocol
+from presence.server.factory import Config, PresenceFactory
+from presence.server.protocol import PresenceProtocol
+from presence.wire.tokens import TokenVerifier
 
 
 class FakeClient:

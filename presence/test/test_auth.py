@@ -23,11 +23,11 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from presence import token_cli
-from presence.auth import LEEWAY, TokenVerifier, make_token, read_secret
-from presence.errors import ErrorCode, ProtocolError
-from presence.factory import Config, PresenceFactory
-from presence.protocol import PresenceProtocol
+from presence.cli import token as token_cli
+from presence.server.factory import Config, PresenceFactory
+from presence.server.protocol import PresenceProtocol
+from presence.wire.errors import ErrorCode, ProtocolError
+from presence.wire.tokens import LEEWAY, TokenVerifier, make_token, read_secret
 
 # 64 bytes: long enough that PyJWT does not warn even for HS512.
 SECRET = b"0123456789abcdef" * 3 + b"test-secret-0000"

@@ -19,8 +19,8 @@ from presence.client import (
     Session,
     connect,
 )
-from presence.errors import ErrorCode
 from presence.test.client_support import FakeEndpoint, Peer
+from presence.wire.errors import ErrorCode
 
 
 class ClientTestCase(SynchronousTestCase):

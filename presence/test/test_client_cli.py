@@ -11,6 +11,9 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from presence.cli.client import ClientApp, build_parser, parse_ids
+from presence.cli.format import describe, hms
+from presence.cli.io import _host_port, endpoint_for
 from presence.client import (
     Connected,
     Disconnected,
@@ -19,11 +22,8 @@ from presence.client import (
     PresenceError,
     Retrying,
 )
-from presence.client_cli import ClientApp, build_parser, parse_ids
-from presence.client_format import describe, hms
-from presence.client_io import _host_port, endpoint_for
-from presence.errors import ErrorCode
 from presence.test.client_support import FakeEndpoint, Peer
+from presence.wire.errors import ErrorCode
 
 ADDRESS = "tcp:127.0.0.1:8081"
 

@@ -24,9 +24,9 @@ from presence.client import (
     Session,
     connect,
 )
-from presence.errors import ErrorCode
-from presence.factory import PresenceFactory
-from presence.service import PresenceService
+from presence.server.factory import PresenceFactory
+from presence.server.service import PresenceService
+from presence.wire.errors import ErrorCode
 
 E = TypeVar("E")
 

@@ -24,10 +24,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from presence import wire
-from presence.auth import TokenVerifier, make_token
-from presence.errors import ErrorCode, ProtocolError
-from presence.factory import Config, PresenceFactory
-from presence.protocol import PresenceProtocol
+from presence.server.factory import Config, PresenceFactory
+from presence.server.protocol import PresenceProtocol
+from presence.wire.errors import ErrorCode, ProtocolError
+from presence.wire.tokens import TokenVerifier, make_token
 
 SETTINGS = settings(
     max_examples=100,

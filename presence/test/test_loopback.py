@@ -9,8 +9,8 @@ from twisted.internet import defer, endpoints, reactor
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.trial.unittest import TestCase
 
-from presence.factory import PresenceFactory
-from presence.service import PresenceService
+from presence.server.factory import PresenceFactory
+from presence.server.service import PresenceService
 
 
 class LineClient(LineOnlyReceiver):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from presence import wire
-from presence.errors import ErrorCode
+from presence.core.timers import SPACING
 from presence.test.support import FakeClient, Harness
-from presence.timers import SPACING
+from presence.wire.errors import ErrorCode
 
 
 class ErrorAssertions(SynchronousTestCase):

@@ -1,4 +1,4 @@
-"""Tests for L{presence.registry}: the sans-IO presence core.
+"""Tests for L{presence.core.registry}: the sans-IO presence core.
 
 Two halves: focused unit tests, one behaviour of PROTOCOL.md's "Presence
 semantics" each, and a hypothesis state machine that drives the registry with
@@ -25,7 +25,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from presence import wire
-from presence.registry import SMALL, ISession, Registry, id_list
+from presence.core.registry import SMALL, ISession, Registry, id_list
 
 START = 1_764_000_000.0
 
@@ -651,7 +651,7 @@ class SelfTests(RegistryTestCase):
 
     def test_own_id_refused_on_the_wire(self) -> None:
         """A list holding the user's own id never reaches the registry (error 6)."""
-        from presence.errors import ErrorCode, ProtocolError
+        from presence.wire.errors import ErrorCode, ProtocolError
 
         e = self.assertRaises(
             ProtocolError, wire.id_set, [2, 1], "friends", 1, 10

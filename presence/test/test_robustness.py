@@ -15,9 +15,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from presence.errors import ErrorCode
-from presence.factory import Config, PresenceFactory
-from presence.protocol import PresenceProtocol
+from presence.server.factory import Config, PresenceFactory
+from presence.server.protocol import PresenceProtocol
+from presence.wire.errors import ErrorCode
 
 # abstract.FileDescriptor.bufferSize: past this, the producer is paused.
 TWISTED_BUFFER = 2**16

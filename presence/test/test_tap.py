@@ -5,9 +5,9 @@ from __future__ import annotations
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from presence.factory import Config
-from presence.service import PresenceService
-from presence.tap import Options, makeService
+from presence.server.factory import Config
+from presence.server.service import PresenceService
+from presence.server.tap import Options, makeService
 
 
 class OptionsTests(SynchronousTestCase):

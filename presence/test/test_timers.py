@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from presence.timers import BATCH, SPACING, Deadlines
+from presence.core.timers import BATCH, SPACING, Deadlines
 
 
 class Owner:

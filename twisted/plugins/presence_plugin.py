@@ -1,6 +1,8 @@
 from twisted.application.service import ServiceMaker
 
 presence = ServiceMaker(
-    "presence", "presence.tap", "A presence server: who of my friends is online.",
+    "presence",
+    "presence.server.tap",
+    "A presence server: who of my friends is online.",
     "presence",
 )

@@ -33,8 +33,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from presence import wire
-from presence.client_protocol import ClientConnection, PresenceError
-from presence.errors import ErrorCode, ProtocolError
+from presence.client.protocol import ClientConnection, PresenceError
+from presence.wire.errors import ErrorCode, ProtocolError
 
 __all__ = [
     "Connected",

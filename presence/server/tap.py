@@ -10,9 +10,9 @@ from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 
-from presence.auth import TokenVerifier, read_secret
-from presence.factory import MIB, Config, PresenceFactory
-from presence.service import PresenceService
+from presence.server.factory import MIB, Config, PresenceFactory
+from presence.server.service import PresenceService
+from presence.wire.tokens import TokenVerifier, read_secret, weakness
 
 log = Logger()
 
@@ -155,6 +155,8 @@ def makeService(options: Options) -> IService:
             "no --secret-file: user ids are NOT authenticated, any client may "
             "log in as any user"
         )
+    elif weakness(secret):
+        log.warn("{weakness}", weakness=weakness(secret))
     config = options.config(connection_budget(options["max-connections"]))
     factory = PresenceFactory(
         reactor,

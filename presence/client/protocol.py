@@ -20,7 +20,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from presence import wire
-from presence.errors import ErrorCode, ProtocolError
+from presence.wire.errors import ErrorCode, ProtocolError
 
 # After login these errors answer one request and leave the session open
 # (PROTOCOL.md, "Errors"); every other error is followed by the server closing.

@@ -25,9 +25,9 @@ from twisted.internet.task import react
 from twisted.python.failure import Failure
 
 from presence import wire
+from presence.cli.format import Printer, format_view
+from presence.cli.io import Terminal, endpoint_for
 from presence.client import PresenceError, Session, connect
-from presence.client_format import Printer, format_view
-from presence.client_io import Terminal, endpoint_for
 
 PROG = "presence-client"
 

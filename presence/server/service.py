@@ -13,7 +13,7 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from presence.factory import PresenceFactory
+from presence.server.factory import PresenceFactory
 
 # Sessions get this long to take their error 15 before they are aborted, so
 # that the process exits well within the 5 s a supervisor allows.

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from presence.errors import ErrorCode, ProtocolError
+from presence.wire.errors import ErrorCode, ProtocolError
 
 MAX_USER_ID = 2**63 - 1
 STATUSES = frozenset({"online", "away", "busy", "invisible"})

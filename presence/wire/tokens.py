@@ -10,17 +10,14 @@ import time
 from pathlib import Path
 
 import jwt
-from twisted.logger import Logger
 
 from presence import wire
-from presence.errors import ErrorCode, ProtocolError
+from presence.wire.errors import ErrorCode, ProtocolError
 
 ALGORITHM = "HS256"
 LEEWAY = 60  # seconds of clock skew tolerated on "exp"
 # RFC 7518 3.2: an HS256 key should hold at least 256 bits.
 MIN_SECRET = 32
-
-log = Logger()
 
 
 def read_secret(path: str | Path) -> bytes:
@@ -30,19 +27,22 @@ def read_secret(path: str | Path) -> bytes:
     return secret
 
 
+def weakness(secret: bytes) -> str:
+    """Why C{secret} is too weak for HS256, or "" (the server logs it)."""
+    if len(secret) < MIN_SECRET:
+        return (
+            f"the token secret is {len(secret)} bytes long: use at least "
+            f"{MIN_SECRET} random bytes (e.g. openssl rand -hex 32)"
+        )
+    return ""
+
+
 class TokenVerifier:
     """Checks a login's token against the server's secret."""
 
     def __init__(self, secret: bytes) -> None:
         if not secret:
             raise ValueError("the token secret is empty")
-        if len(secret) < MIN_SECRET:
-            log.warn(
-                "the token secret is {n} bytes long: use at least {min} random "
-                "bytes (e.g. openssl rand -hex 32)",
-                n=len(secret),
-                min=MIN_SECRET,
-            )
         self._secret = secret
 
     def verify(self, token: object, uid: int) -> frozenset[int] | None:

@@ -17,15 +17,15 @@ from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from presence import wire
-from presence.errors import ErrorCode, ProtocolError
-from presence.registry import IdList, ISession, id_list
+from presence.core.registry import IdList, ISession, id_list
+from presence.server.writer import supported, write_now
 from presence.wire import Json
-from presence.writer import supported, write_now
+from presence.wire.errors import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
     from twisted.python.failure import Failure
 
-    from presence.factory import PresenceFactory
+    from presence.server.factory import PresenceFactory
 
 # Errors after login that leave the session open (PROTOCOL.md, "fatal").
 NOT_FATAL_AFTER_LOGIN = frozenset(
@@ -339,7 +339,7 @@ class PresenceProtocol(LineOnlyReceiver, TimeoutMixin):
     # -- timers --------------------------------------------------------------
 
     # TimeoutMixin's interface, on the factory's shared deadline heap instead
-    # of a DelayedCall per connection (see presence.timers for why).
+    # of a DelayedCall per connection (see presence.core.timers for why).
 
     timeOut: float | None = None  # type: ignore[assignment]
 

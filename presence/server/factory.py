@@ -10,11 +10,11 @@ from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
-from presence.auth import TokenVerifier
-from presence.errors import ErrorCode, ProtocolError
-from presence.protocol import PresenceProtocol
-from presence.registry import Registry
-from presence.timers import Deadlines
+from presence.core.registry import Registry
+from presence.core.timers import Deadlines
+from presence.server.protocol import PresenceProtocol
+from presence.wire.errors import ErrorCode, ProtocolError
+from presence.wire.tokens import TokenVerifier
 
 MIB = 1024 * 1024
 
@@ -31,7 +31,7 @@ class Config:
     max_sessions: int = 32
     max_buffer: int = MIB
     # Pings and timeouts may fire this much late, so that one wakeup serves
-    # many connections (presence.timers).
+    # many connections (presence.core.timers).
     timer_slack: float = 0.0
 
 

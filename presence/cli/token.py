@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from presence import wire
-from presence.auth import make_token, read_secret
+from presence.wire.tokens import make_token, read_secret
 
 EXIT_USAGE = 2
 

@@ -1,0 +1,1 @@
+"""Command-line tools: presence-client and presence-token."""

@@ -1,0 +1,1 @@
+"""The sans-IO core: interfaces, the registry, timers.  Imports only wire."""

@@ -1,0 +1,1 @@
+"""The server: sessions, their front ends, the service and the twistd plugin."""
