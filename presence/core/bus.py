@@ -1,0 +1,206 @@
+"""The in-memory bus: one process's nodes, or several registries in tests.
+
+L{MemoryHub} is the reference for what any bus computes (the Redis bridge's
+scripts do the same in Lua): from every node's L{Share} of a user and the
+status writes, the user's global L{UserState}, with a new version only when
+something watchers see changes.  It answers synchronously.
+
+A listener may publish while it is being told of a change (a delivery that
+ends a session ends its user's share): such a publish is queued and handled
+when the current one is done, so that every listener hears every user's
+states in the order they happened.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+
+from zope.interface import implementer
+
+from presence.core.interfaces import IBus, IStateListener, Share, UserState
+from presence.wire import StatusChange
+
+_EMPTY: frozenset[int] = frozenset()
+
+
+class _Record:
+    """A present user: each node's share, and the status last written."""
+
+    __slots__ = ("shares", "state")
+
+    def __init__(self, state: UserState) -> None:
+        self.shares: dict[str, Share] = {}
+        self.state = state
+
+
+class MemoryHub:
+    """Shares and states of every user, for the nodes joined to it."""
+
+    def __init__(self) -> None:
+        self._records: dict[int, _Record] = {}
+        self._followers: dict[int, set[str]] = {}
+        self._buses: dict[str, MemoryBus] = {}
+        self._version = 0
+        self._queue: deque[Callable[[], None]] = deque()
+        self._running = False
+
+    def bus(self, node: str = "local") -> MemoryBus:
+        """The bus of node C{node} (one per node)."""
+        bus = self._buses[node] = MemoryBus(self, node)
+        return bus
+
+    def state(self, uid: int) -> UserState | None:
+        record = self._records.get(uid)
+        return record.state if record is not None else None
+
+    def node_lost(self, node: str, at: float) -> None:
+        """Node C{node} is gone: drop its shares (users last seen at C{at})."""
+        self._buses.pop(node, None)
+        for uid in [u for u, r in self._records.items() if node in r.shares]:
+            self.publish(node, uid, None, None, at)
+        for nodes in self._followers.values():
+            nodes.discard(node)
+
+    # -- what the buses call ---------------------------------------------------
+
+    def publish(
+        self,
+        node: str,
+        uid: int,
+        share: Share | None,
+        change: StatusChange | None,
+        at: float,
+    ) -> None:
+        self._run(lambda: self._apply(node, uid, share, change, at))
+
+    def follow(self, node: str, uids: Iterable[int]) -> None:
+        uids = list(uids)
+        for uid in uids:
+            self._followers.setdefault(uid, set()).add(node)
+
+        def tell() -> None:
+            bus = self._buses.get(node)
+            if bus is None or bus.listener is None:
+                return
+            for uid in uids:
+                record = self._records.get(uid)
+                if record is not None and node in self._followers.get(uid, ()):
+                    bus.listener.user_changed(record.state)
+
+        self._run(tell)
+
+    def unfollow(self, node: str, uids: Iterable[int]) -> None:
+        for uid in uids:
+            nodes = self._followers.get(uid)
+            if nodes is not None:
+                nodes.discard(node)
+                if not nodes:
+                    del self._followers[uid]
+
+    # -- internals -------------------------------------------------------------
+
+    def _run(self, job: Callable[[], None]) -> None:
+        self._queue.append(job)
+        if self._running:
+            return  # the loop below gets to it, in order
+        self._running = True
+        try:
+            while self._queue:
+                self._queue.popleft()()
+        finally:
+            self._running = False
+
+    def _apply(
+        self,
+        node: str,
+        uid: int,
+        share: Share | None,
+        change: StatusChange | None,
+        at: float,
+    ) -> None:
+        record = self._records.get(uid)
+        if share is None:
+            if record is None or node not in record.shares:
+                return  # nothing held here (a ghost another node replaced)
+            del record.shares[node]
+        elif record is None:
+            # Absent until now: the first session's login sets the status.
+            status = change.status if change and change.status else "online"
+            text = change.text if change and change.text is not None else ""
+            record = self._records[uid] = _Record(
+                UserState(uid, False, status, text, _EMPTY, 0, at, 0)
+            )
+        if share is not None:
+            if share.sessions:
+                # Back within the grace: ghosts on other nodes are replaced.
+                for other in [n for n, s in record.shares.items() if not s.sessions]:
+                    del record.shares[other]
+            record.shares[node] = share
+        self._settle(record, change, at)
+
+    def _settle(self, record: _Record, change: StatusChange | None, at: float) -> None:
+        old = record.state
+        shares = record.shares.values()
+        present = bool(record.shares)
+        status, text = old.status, old.text
+        if present and change is not None and old.present:
+            status = change.status if change.status is not None else status
+            text = change.text if change.text is not None else text
+        listed: frozenset[int] = _EMPTY
+        for share in shares:
+            if share.listed:
+                listed = share.listed if not listed else listed | share.listed
+        sessions = sum(share.sessions for share in shares)
+        if not present:
+            status, text = "offline", ""
+        visible = present and status != "invisible"
+        last_seen = old.last_seen
+        if old.visible and not visible:
+            last_seen = at
+        if (present, status, text, listed) == (
+            old.present, old.status, old.text, old.listed
+        ):
+            if sessions != old.sessions:
+                record.state = UserState(
+                    old.uid, present, status, text, listed, sessions, last_seen,
+                    old.version,
+                )
+            return
+        self._version += 1
+        state = record.state = UserState(
+            old.uid, present, status, text, listed, sessions, last_seen, self._version
+        )
+        if not present:
+            del self._records[old.uid]
+        for node in tuple(self._followers.get(old.uid, ())):
+            bus = self._buses.get(node)
+            if bus is not None and bus.listener is not None:
+                bus.listener.user_changed(state)
+
+
+@implementer(IBus)
+class MemoryBus:
+    """One node's view of a L{MemoryHub}."""
+
+    def __init__(self, hub: MemoryHub, node: str) -> None:
+        self.hub = hub
+        self.node = node
+        self.listener: IStateListener | None = None
+
+    def attach(self, listener: IStateListener) -> None:
+        self.listener = listener
+
+    def publish(
+        self, uid: int, share: Share | None, change: StatusChange | None, at: float
+    ) -> None:
+        self.hub.publish(self.node, uid, share, change, at)
+
+    def follow(self, uids: Iterable[int]) -> None:
+        self.hub.follow(self.node, uids)
+
+    def unfollow(self, uids: Iterable[int]) -> None:
+        self.hub.unfollow(self.node, uids)
+
+    def known(self, uid: int) -> UserState | None:
+        return self.hub.state(uid)
