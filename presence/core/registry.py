@@ -1,12 +1,18 @@
-"""The sans-IO presence core: who is online, who watches whom, what changed.
+"""The sans-IO presence core: who is here, who watches whom, what changed.
 
-The registry never touches a socket or the reactor.  It is handed sessions
-(anything that provides L{ISession}), tells them about changes by calling
-C{deliver} with ready-encoded lines, and reads time and schedules the
-offline-grace timers through an injected L{IReactorTime} (C{task.Clock} in
-tests).  A distributed backend replaces this class; a cluster bridge can feed
-sessions of other processes in as L{ISession} providers whose C{deliver}
-forwards or ignores, without changing how local watchers are told.
+A L{Registry} holds one node's sessions.  It never touches a socket or the
+reactor: sessions are L{ISession} providers that it tells about changes by
+calling C{deliver} with ready-encoded lines, and it reads the time and runs
+the offline-grace timers through an injected L{IReactorTime} (C{task.Clock}
+in tests).
+
+What a user's visible state is, the registry learns from its L{IBus}: it
+publishes what this node holds of each of its users (a L{Share}: sessions,
+the mutual-mode list, a ghost during the grace) and status writes, follows
+the users its sessions watch, and tells local watchers the difference
+between the state it knew and the state the bus reports.  With the default
+in-memory bus that is all synchronous and in one process; with the Redis
+bus it spans a cluster, and the same code tells the watchers.
 
 Cost model: a change of user X touches only the sessions watching X (the
 reverse index C{_watchers}) and encodes each event once for all of them; a
@@ -14,28 +20,39 @@ session's own list changes touch only the ids that changed.
 
 Memory model: a server holds tens of thousands of idle sessions, so their
 state is kept compact.  A watch list is an C{array('q')} (8 bytes an id, no
-int objects; a 20-id frozenset costs 2.2 KB); the reverse index holds a
-plain list of sessions per watched user, and switches to a set only when a
-user has more than L{SMALL} watchers, where removal by scanning would cost.
+int objects); the reverse index holds a plain list of sessions per watched
+user, and switches to a set only past L{SMALL} watchers, where removal by
+scanning would cost.
 """
 
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from zope.interface import Attribute, Interface
+from zope.interface import implementer
 
 from presence import wire
+from presence.core.bus import MemoryHub
+from presence.core.interfaces import (
+    INVISIBLE,
+    IBus,
+    ISession,
+    IStateListener,
+    Share,
+    UserState,
+)
 from presence.wire import StatusChange
 
-INVISIBLE = "invisible"
+__all__ = ["SMALL", "ISession", "IdList", "Registry", "id_list"]
+
 SMALL = 64  # watchers of one user kept in a list; more go in a set
 
 IdList = array  # array('q') of distinct user ids, sorted
 _NO_IDS = array("q")
+_EMPTY: frozenset[int] = frozenset()
+_NO_CHANGE = StatusChange(None, None)
 
 
 def id_list(ids: Iterable[int]) -> IdList:
@@ -43,49 +60,46 @@ def id_list(ids: Iterable[int]) -> IdList:
     return array("q", sorted(set(ids)))
 
 
-class ISession(Interface):
-    """A logged-in connection, as the registry sees it."""
+class _Local:
+    """A user with sessions on this node, or a ghost in its offline grace."""
 
-    user_id = Attribute("The user id this session logged in as (int).")
+    __slots__ = ("ended_at", "ghost", "grace", "listed", "sessions", "share", "uid")
 
-    def deliver(data: bytes) -> None:
-        """Send one or more encoded server lines to the client."""
-
-
-class _User:
-    """What the registry knows of one user with at least one session."""
-
-    __slots__ = ("ended_at", "ghost", "grace", "line", "listed", "sessions",
-                 "status", "text", "uid")
-
-    def __init__(self, uid: int, status: str, text: str) -> None:
+    def __init__(self, uid: int) -> None:
         self.uid = uid
-        self.sessions: list[Any] = []
-        self.status = status
-        self.text = text
-        # Mutual mode only: how many of this user's session lists hold each id.
+        self.sessions: list[ISession] = []
+        # Mutual mode only: how many of this user's lists (sessions and
+        # ghost) hold each id.
         self.listed: dict[int, int] = {}
         # Offline grace: the last session's list and when it ended, kept until
         # the grace runs out or a session comes back.
         self.ghost: IdList = _NO_IDS
         self.ended_at = 0.0
         self.grace: IDelayedCall | None = None
-        # The encoded "online" event, shared by fan-out and snapshots.
+        self.share: Share | None = None  # as last published
+
+
+class _Known:
+    """A followed user's state as last heard, with its encoded online event."""
+
+    __slots__ = ("line", "state")
+
+    def __init__(self, state: UserState) -> None:
+        self.state = state
         self.line: bytes | None = None
 
-    @property
-    def visible(self) -> bool:
-        return bool(self.sessions or self.grace) and self.status != INVISIBLE
-
     def online_line(self) -> bytes:
+        # One encoding, shared by the fan-out and every later snapshot.
         line = self.line
         if line is None:
-            line = self.line = wire.online(self.uid, self.status, self.text)
+            state = self.state
+            line = self.line = wire.online(state.uid, state.status, state.text)
         return line
 
 
+@implementer(IStateListener)
 class Registry:
-    """Presence state for one server process, with no IO of its own."""
+    """One node's sessions and watch lists, told of users' states by a bus."""
 
     def __init__(
         self,
@@ -93,37 +107,61 @@ class Registry:
         *,
         offline_grace: float = 0.0,
         mutual: bool = False,
+        bus: IBus | None = None,
     ) -> None:
         self.clock = clock
         self.offline_grace = offline_grace
         self.mutual = mutual
-        self._users: dict[int, _User] = {}
-        self._watching: dict[Any, IdList] = {}
-        self._watchers: dict[int, list[Any] | set[Any]] = {}
+        self.bus: IBus = bus if bus is not None else MemoryHub().bus()
+        self._local: dict[int, _Local] = {}
+        self._watching: dict[ISession, IdList] = {}
+        self._watchers: dict[int, list[ISession] | set[ISession]] = {}
+        self._known: dict[int, _Known] = {}
         self._stopping = False
+        # While a session's newly watched users are followed: that session
+        # and its snapshot lines, so that the snapshot is one write.
+        self._gather: tuple[ISession, list[bytes]] | None = None
+        self.bus.attach(self)
 
     # -- queries ------------------------------------------------------------
 
     def session_count(self, uid: int) -> int:
-        user = self._users.get(uid)
-        return len(user.sessions) if user else 0
+        """Live sessions of C{uid} (on every node, as far as the bus knows)."""
+        state = self.bus.known(uid)
+        if state is not None:
+            return state.sessions
+        local = self._local.get(uid)
+        return len(local.sessions) if local else 0
 
     def is_online(self, uid: int) -> bool:
-        user = self._users.get(uid)
-        return user is not None and user.visible
+        state = self.bus.known(uid)
+        return state is not None and state.visible
 
     def status_of(self, uid: int) -> tuple[str, str] | None:
-        user = self._users.get(uid)
-        if user is None or not user.visible:
+        state = self.bus.known(uid)
+        if state is None or not state.visible:
             return None
-        return user.status, user.text
+        return state.status, state.text
 
-    def watching(self, session: Any) -> frozenset[int]:
+    def watching(self, session: ISession) -> frozenset[int]:
         return frozenset(self._watching.get(session, ()))
+
+    def shares(self) -> dict[int, Share]:
+        """What this node holds of each user (for a bus to assert again)."""
+        return {
+            uid: local.share
+            for uid, local in self._local.items()
+            if local.share is not None
+        }
+
+    def followed(self) -> list[int]:
+        """The users that sessions here watch."""
+        return list(self._watchers)
 
     @property
     def users(self) -> int:
-        return len(self._users)
+        """Users with a session (or a ghost) on this node."""
+        return len(self._local)
 
     @property
     def sessions(self) -> int:
@@ -131,7 +169,9 @@ class Registry:
 
     # -- changes ------------------------------------------------------------
 
-    def login(self, session: Any, watch: Iterable[int], change: StatusChange) -> None:
+    def login(
+        self, session: ISession, watch: Iterable[int], change: StatusChange
+    ) -> None:
         """Add a logged-in session; then send it the snapshot of its friends.
 
         C{watch} is best given as an L{id_list}: it is then kept as it is.
@@ -139,229 +179,256 @@ class Registry:
         if type(watch) is not array:
             watch = id_list(watch)
         uid: int = session.user_id
-        user = self._users.get(uid)
-        if user is None:
-            user = self._users[uid] = _User(
-                uid, change.status or "online", change.text or ""
-            )
-            was_visible, before = False, (user.status, user.text)
-        else:
-            was_visible, before = user.visible, (user.status, user.text)
-            self._apply_status(user, change)
-        lost: Iterable[int] = ()
-        if user.grace is not None:
+        local = self._local.get(uid)
+        if local is None:
+            local = self._local[uid] = _Local(uid)
+        if local.grace is not None:
             # Back within the grace: never offline.  Drop the old list's claim.
-            user.grace.cancel()
-            user.grace = None
-            lost = self._unlist(user, user.ghost)
-            user.ghost = _NO_IDS
-        user.sessions.append(session)
+            local.grace.cancel()
+            local.grace = None
+            self._unlist(local, local.ghost)
+            local.ghost = _NO_IDS
+        local.sessions.append(session)
         self._watching[session] = watch
-        gained = self._list(user, watch)
-        self._publish(user, was_visible, before, gained, lost)
+        self._list(local, watch)
+        self._publish(local, change)
         if session not in self._watching:
             return  # it ended while its arrival was published
         # Watch only now: a friend ending during that publish must not send
         # this session an offline event for someone it was never shown.
-        for uid in watch:
-            self._add_watcher(uid, session)
-        self._snapshot(session, watch)
+        self._watch(session, watch)
 
-    def logout(self, session: Any) -> None:
+    def logout(self, session: ISession) -> None:
         """Forget a session (closed, timed out, errored, said bye)."""
         watch = self._watching.pop(session, None)
         if watch is None:
             return
         self._unwatch(session, watch)
-        user = self._users[session.user_id]
-        user.sessions.remove(session)
-        if user.sessions:
-            lost = self._unlist(user, watch)
-            self._publish(user, user.visible, (user.status, user.text), (), lost)
+        local = self._local[session.user_id]
+        local.sessions.remove(session)
+        if local.sessions:
+            self._unlist(local, watch)
+            self._publish(local, None)
             return
         now = self.clock.seconds()
-        if user.status == INVISIBLE:
-            self._forget(user)
-        elif self.offline_grace > 0 and not self._stopping:
-            user.ghost = watch
-            user.ended_at = now
-            user.grace = self.clock.callLater(
-                self.offline_grace, self._grace_over, user
+        state = self.bus.known(local.uid)
+        invisible = state is not None and state.status == INVISIBLE
+        if self.offline_grace > 0 and not self._stopping and not invisible:
+            local.ghost = watch
+            local.ended_at = now
+            local.grace = self.clock.callLater(
+                self.offline_grace, self._grace_over, local
             )
+            self._publish(local, None)
         else:
-            self._go_offline(user, now)
+            self._unlist(local, watch)
+            self._leave(local, now)
 
-    def set_status(self, session: Any, change: StatusChange) -> None:
-        user = self._users[session.user_id]
-        was_visible, before = user.visible, (user.status, user.text)
-        self._apply_status(user, change)
-        self._publish(user, was_visible, before, (), ())
+    def set_status(self, session: ISession, change: StatusChange) -> None:
+        self._publish(self._local[session.user_id], change)
 
-    def set_watch(self, session: Any, watch: Iterable[int]) -> None:
+    def set_watch(self, session: ISession, watch: Iterable[int]) -> None:
         """Replace a session's watch list; snapshot the newly watched."""
-        new, old = set(watch), set(self._watching[session])
-        added, removed = new - old, old - new
+        old = self._watching[session]
+        new_set, old_set = set(watch), set(old)
+        added, removed = new_set - old_set, old_set - new_set
         if not added and not removed:
             return
-        user = self._users[session.user_id]
-        for uid in removed:
-            self._drop_watcher(uid, session)
-        self._watching[session] = watch if type(watch) is array else id_list(new)
-        gained = self._list(user, added)
-        lost = self._unlist(user, removed)
-        self._publish(user, user.visible, (user.status, user.text), gained, lost)
-        if session not in self._watching:
-            return  # it ended while its change was published
-        for uid in added:
-            self._add_watcher(uid, session)
-        self._snapshot(session, added)
+        self._unwatch(session, removed)
+        self._watching[session] = (
+            watch if type(watch) is array else id_list(new_set)
+        )
+        local = self._local[session.user_id]
+        if self.mutual:
+            self._list(local, added)
+            self._unlist(local, removed)
+            self._publish(local, None)
+            if session not in self._watching:
+                return  # it ended while its change was published
+        self._watch(session, added)
 
     def stop(self) -> None:
         """The server is stopping: tell nobody about anybody from now on."""
         self._stopping = True
-        for user in self._users.values():
-            if user.grace is not None:
-                user.grace.cancel()
-                user.grace = None
+        for local in list(self._local.values()):
+            if local.grace is not None:
+                local.grace.cancel()
+                local.grace = None
+                if not local.sessions:
+                    self._unlist(local, local.ghost)
+                    self._leave(local, local.ended_at)
+
+    # -- what the bus tells -------------------------------------------------
+
+    def user_changed(self, state: UserState) -> None:
+        uid = state.uid
+        watchers = self._watchers.get(uid)
+        if watchers is None:
+            return  # nobody here watches this user any more
+        known = self._known.get(uid)
+        new = _Known(state)
+        if state.present:
+            self._known[uid] = new
+        elif known is not None:
+            del self._known[uid]
+        gather = self._gather
+        if gather is not None and known is None and len(watchers) == 1:
+            session, lines = gather
+            if session in watchers:
+                if state.seen_by(session.user_id, self.mutual):
+                    lines.append(new.online_line())
+                return
+        if not self._stopping:
+            self._tell(watchers, known, new)
+
+    def resync(self, states: Sequence[UserState]) -> None:
+        by_uid = {state.uid: state for state in states}
+        now = self.clock.seconds()
+        for uid in list(self._watchers):
+            state = by_uid.get(uid)
+            if state is None:
+                state = UserState(uid, False, "offline", "", _EMPTY, 0, now, 0)
+            self.user_changed(state)
 
     # -- internals ----------------------------------------------------------
 
-    def _apply_status(self, user: _User, change: StatusChange) -> None:
-        if change.status is not None:
-            user.status = change.status
-        if change.text is not None:
-            user.text = change.text
-        user.line = None
-
-    def _unwatch(self, session: Any, watch: Iterable[int]) -> None:
-        for uid in watch:
-            self._drop_watcher(uid, session)
-
-    def _add_watcher(self, uid: int, session: Any) -> None:
-        sessions = self._watchers.get(uid)
-        if sessions is None:
-            self._watchers[uid] = [session]
-        elif type(sessions) is list:
-            sessions.append(session)
-            if len(sessions) > SMALL:
-                self._watchers[uid] = set(sessions)
-        else:
-            sessions.add(session)  # type: ignore[union-attr]
-
-    def _drop_watcher(self, uid: int, session: Any) -> None:
-        sessions = self._watchers.get(uid)
-        if sessions is None:
+    def _publish(self, local: _Local, change: StatusChange | None) -> None:
+        sessions = len(local.sessions)
+        listed = frozenset(local.listed) if self.mutual else _EMPTY
+        share = local.share
+        if (
+            share is None
+            or share.sessions != sessions
+            or share.listed != listed
+            or (not sessions and share.ended_at != local.ended_at)
+        ):
+            share = local.share = Share(
+                sessions, listed, local.ended_at if not sessions else 0.0
+            )
+        elif change is None:
             return
-        if type(sessions) is list:
-            if session in sessions:
-                sessions.remove(session)
-        else:
-            sessions.discard(session)  # type: ignore[union-attr]
-        if not sessions:
-            del self._watchers[uid]
+        self.bus.publish(local.uid, share, change, self.clock.seconds())
 
-    def _list(self, user: _User, ids: Iterable[int]) -> set[int]:
-        """Count ids into the user's mutual list; return the newly listed."""
+    def _leave(self, local: _Local, last_seen: float) -> None:
+        """The node holds nothing more of this user."""
+        del self._local[local.uid]
+        local.share = None
+        self.bus.publish(local.uid, None, None, last_seen)
+
+    def _grace_over(self, local: _Local) -> None:
+        local.grace = None
+        self._unlist(local, local.ghost)
+        local.ghost = _NO_IDS
+        self._leave(local, local.ended_at)
+
+    def _watch(self, session: ISession, uids: Iterable[int]) -> None:
+        """Add C{session} as a watcher of C{uids}: snapshot, follow the new."""
+        watchers, known, me = self._watchers, self._known, session.user_id
+        mutual = self.mutual
+        lines: list[bytes] = []
+        new: list[int] = []
+        for uid in uids:
+            sessions = watchers.get(uid)
+            if sessions is None:
+                watchers[uid] = [session]
+                new.append(uid)
+                continue
+            if type(sessions) is list:
+                sessions.append(session)
+                if len(sessions) > SMALL:
+                    watchers[uid] = set(sessions)
+            else:
+                sessions.add(session)  # type: ignore[union-attr]
+            k = known.get(uid)
+            if k is not None and k.state.seen_by(me, mutual):
+                lines.append(k.online_line())
+        if new:
+            # The bus answers with the state of each that is present (an
+            # asynchronous bus later, through user_changed).
+            self._gather = (session, lines)
+            try:
+                self.bus.follow(new)
+            finally:
+                self._gather = None
+        if lines and not self._stopping:
+            session.deliver(b"".join(lines))
+
+    def _unwatch(self, session: ISession, uids: Iterable[int]) -> None:
+        gone: list[int] = []
+        watchers = self._watchers
+        for uid in uids:
+            sessions = watchers.get(uid)
+            if sessions is None:
+                continue
+            if type(sessions) is list:
+                if session in sessions:
+                    sessions.remove(session)
+            else:
+                sessions.discard(session)  # type: ignore[union-attr]
+            if not sessions:
+                del watchers[uid]
+                self._known.pop(uid, None)
+                gone.append(uid)
+        if gone:
+            self.bus.unfollow(gone)
+
+    def _list(self, local: _Local, ids: Iterable[int]) -> None:
+        """Count ids into the user's mutual list."""
         if not self.mutual:
-            return set()
-        listed, gained = user.listed, set()
+            return
+        listed = local.listed
         for uid in ids:
-            n = listed.get(uid, 0)
-            if n == 0:
-                gained.add(uid)
-            listed[uid] = n + 1
-        return gained
+            listed[uid] = listed.get(uid, 0) + 1
 
-    def _unlist(self, user: _User, ids: Iterable[int]) -> set[int]:
-        """Count ids out of the user's mutual list; return those no longer in."""
+    def _unlist(self, local: _Local, ids: Iterable[int]) -> None:
+        """Count ids out of the user's mutual list."""
         if not self.mutual:
-            return set()
-        listed, lost = user.listed, set()
+            return
+        listed = local.listed
         for uid in ids:
             n = listed.get(uid, 0) - 1
             if n <= 0:
                 listed.pop(uid, None)
-                lost.add(uid)
             else:
                 listed[uid] = n
-        return lost
 
-    def _sees(self, user: _User, watcher: int) -> bool:
-        return not self.mutual or watcher in user.listed
-
-    def _publish(
+    def _tell(
         self,
-        user: _User,
-        was_visible: bool,
-        before: tuple[str, str],
-        gained: Iterable[int],
-        lost: Iterable[int],
+        watchers: list[ISession] | set[ISession],
+        old: _Known | None,
+        new: _Known,
     ) -> None:
-        """Tell each watcher of C{user} whose view of it changed, once."""
-        if self._stopping:
-            return
-        watchers = self._watchers.get(user.uid)
-        if not watchers:
-            return
-        visible = user.visible
-        restated = before != (user.status, user.text)
+        """Tell each watcher whose view of the user changed, once."""
+        state = new.state
+        before = old.state if old is not None else None
+        restated = before is not None and (before.status, before.text) != (
+            state.status,
+            state.text,
+        )
         if not self.mutual:
-            if visible and (not was_visible or restated):
-                self._send(watchers, user.online_line())
-            elif was_visible and not visible:
-                self._send(watchers, wire.offline(user.uid, self.clock.seconds()))
+            was = before is not None and before.visible
+            if state.visible and (not was or restated):
+                line = new.online_line()
+            elif was and not state.visible:
+                line = wire.offline(state.uid, state.last_seen)
+            else:
+                return
+            # Copy: a delivery may end a session and so change the collection.
+            for session in tuple(watchers):
+                session.deliver(line)
             return
-        gained, lost = set(gained), set(lost)
         on_line = off_line = b""
-        listed = user.listed
-        for session in list(watchers):
+        for session in tuple(watchers):
             w = session.user_id
-            now_listed = w in listed
-            old = was_visible and ((now_listed and w not in gained) or w in lost)
-            new = visible and now_listed
-            if new and (not old or restated):
-                on_line = on_line or user.online_line()
+            was = before is not None and before.seen_by(w, True)
+            now = state.seen_by(w, True)
+            if now and (not was or restated):
+                on_line = on_line or new.online_line()
                 session.deliver(on_line)
-            elif old and not new:
-                off_line = off_line or wire.offline(user.uid, self.clock.seconds())
-                session.deliver(off_line)
-
-    def _send(self, sessions: Iterable[Any], line: bytes) -> None:
-        # Copy: a delivery may end a session and so change the collection.
-        for session in tuple(sessions):
-            session.deliver(line)
-
-    def _snapshot(self, session: Any, ids: Iterable[int]) -> None:
-        if self._stopping:
-            return
-        users, me = self._users, session.user_id
-        lines = [
-            user.online_line()
-            for uid in ids
-            if (user := users.get(uid)) is not None
-            and user.visible
-            and self._sees(user, me)
-        ]
-        if lines:
-            session.deliver(b"".join(lines))
-
-    def _go_offline(self, user: _User, last_seen: float) -> None:
-        if not self._stopping:
-            watchers = self._watchers.get(user.uid)
-            if watchers:
-                line = wire.offline(user.uid, last_seen)
-                self._send(
-                    [s for s in watchers if self._sees(user, s.user_id)]
-                    if self.mutual
-                    else watchers,
-                    line,
+            elif was and not now:
+                # Still visible, no longer listing this watcher: gone now.
+                off_line = off_line or wire.offline(
+                    state.uid,
+                    state.last_seen if not state.visible else self.clock.seconds(),
                 )
-        self._forget(user)
-
-    def _grace_over(self, user: _User) -> None:
-        user.grace = None
-        self._go_offline(user, user.ended_at)
-
-    def _forget(self, user: _User) -> None:
-        # The user's mutual list and ghost go with it: nobody sees it any more.
-        del self._users[user.uid]
+                session.deliver(off_line)

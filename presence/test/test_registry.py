@@ -8,6 +8,7 @@ every step checks each session's events against a small reference model.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import orjson
@@ -25,6 +26,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from presence import wire
+from presence.core.bus import MemoryHub
 from presence.core.registry import SMALL, ISession, Registry, id_list
 
 START = 1_764_000_000.0
@@ -1056,14 +1058,23 @@ class RegistryMachine(RuleBasedStateMachine):
 
     offline_grace = 0.0
     mutual = False
+    nodes = 1  # registries joined by one in-memory bus
 
     def __init__(self) -> None:
         super().__init__()
         self.clock = Clock()
         self.clock.advance(START)
-        self.registry = Registry(
-            self.clock, offline_grace=self.offline_grace, mutual=self.mutual
-        )
+        self.hub = MemoryHub()
+        self.registries = [
+            Registry(
+                self.clock,
+                offline_grace=self.offline_grace,
+                mutual=self.mutual,
+                bus=self.hub.bus(f"node{i}"),
+            )
+            for i in range(self.nodes)
+        ]
+        self.where: dict[int, Registry] = {}
         self.model = Model(self.offline_grace, self.mutual)
         self.live: dict[int, FakeSession] = {}
         self.gone: list[FakeSession] = []
@@ -1081,9 +1092,9 @@ class RegistryMachine(RuleBasedStateMachine):
         self.steps += 1
         expected = self.model.expected(self.before)
         assert set(expected) == set(self.live)
-        chunks: list[bytes] = []
+        chunks: dict[int, list[bytes]] = {id(r): [] for r in self.registries}
         for sid, session in self.live.items():
-            chunks.extend(session.calls)
+            chunks[id(self.where[sid])].extend(session.calls)
             got = parse(session)
             assert got == expected[sid], (
                 f"step {self.steps}: {session!r} (sid {sid}) got {got}, "
@@ -1091,18 +1102,20 @@ class RegistryMachine(RuleBasedStateMachine):
             )
         for session in self.gone:
             assert session.calls == [], f"{session!r} told after it left"
-        # Events are encoded once: same line, same object.
-        singles: dict[bytes, bytes] = {}
-        for chunk in chunks:
-            if chunk.count(b"\n") == 1:
-                first = singles.setdefault(chunk, chunk)
-                assert first is chunk, f"{chunk!r} encoded more than once"
+        # Events are encoded once on each node: same line, same object.
+        for node_chunks in chunks.values():
+            singles: dict[bytes, bytes] = {}
+            for chunk in node_chunks:
+                if chunk.count(b"\n") == 1:
+                    first = singles.setdefault(chunk, chunk)
+                    assert first is chunk, f"{chunk!r} encoded more than once"
         if not self.model.stopped:
-            for uid in range(1, 6):
-                assert self.registry.status_of(uid) == self.model.visible(uid), uid
-                assert self.registry.session_count(uid) == len(
-                    self.model.sessions_of(uid)
-                ), uid
+            for registry in self.registries:
+                for uid in range(1, 6):
+                    assert registry.status_of(uid) == self.model.visible(uid), uid
+                    assert registry.session_count(uid) == len(
+                        self.model.sessions_of(uid)
+                    ), uid
 
     def _session(self, data: st.DataObject) -> int:
         sid: int = data.draw(st.sampled_from(sorted(self.live)), label="sid")
@@ -1111,9 +1124,10 @@ class RegistryMachine(RuleBasedStateMachine):
     # -- rules ----------------------------------------------------------------
 
     @precondition(lambda self: len(self.live) < MAX_SESSIONS)
-    @rule(uid=UIDS, friends=FRIEND_SETS, fields=LOGIN_FIELDS)
-    def login(self, uid: int, friends: frozenset[int], fields: dict[str, str]
-              ) -> None:
+    @rule(uid=UIDS, friends=FRIEND_SETS, fields=LOGIN_FIELDS,
+          node=st.integers(0, 1))
+    def login(self, uid: int, friends: frozenset[int], fields: dict[str, str],
+              node: int) -> None:
         if len(self.model.sessions_of(uid)) >= MAX_SESSIONS_PER_USER:
             return
         watch = friends - {uid}
@@ -1122,8 +1136,9 @@ class RegistryMachine(RuleBasedStateMachine):
         self.next_sid += 1
         session = FakeSession(uid, f"sid{sid}")
         self.live[sid] = session
+        registry = self.where[sid] = self.registries[node % self.nodes]
         # As the protocol does: the watch list in its compact form.
-        self.registry.login(
+        registry.login(
             session, id_list(watch), wire.status_fields(fields, required=False)
         )
         self.model.login(sid, uid, watch, fields)
@@ -1135,7 +1150,7 @@ class RegistryMachine(RuleBasedStateMachine):
         sid = self._session(data)
         self._begin()
         session = self.live.pop(sid)
-        self.registry.logout(session)
+        self.where.pop(sid).logout(session)
         self.model.logout(sid)
         self.gone.append(session)
         self._check()
@@ -1146,7 +1161,7 @@ class RegistryMachine(RuleBasedStateMachine):
         """A C{status} message: the text is cleared when not given."""
         sid = self._session(data)
         self._begin()
-        self.registry.set_status(
+        self.where[sid].set_status(
             self.live[sid], wire.status_fields(fields, required=True)
         )
         self.model.set_status(sid, fields["status"], fields.get("text", ""))
@@ -1158,7 +1173,7 @@ class RegistryMachine(RuleBasedStateMachine):
         """A re-sent login carrying only C{text}: the status is left alone."""
         sid = self._session(data)
         self._begin()
-        self.registry.set_status(
+        self.where[sid].set_status(
             self.live[sid], wire.status_fields({"text": text}, required=False)
         )
         self.model.set_text(sid, text)
@@ -1178,7 +1193,7 @@ class RegistryMachine(RuleBasedStateMachine):
         ids = ids - {uid}
         watch = wire.friends_change({mode: sorted(ids)}, uid, current, 10)
         self._begin()
-        self.registry.set_watch(session, id_list(watch))
+        self.where[sid].set_watch(session, id_list(watch))
         self.model.set_watch(sid, watch)
         self._check()
 
@@ -1189,11 +1204,16 @@ class RegistryMachine(RuleBasedStateMachine):
         self.model.advance(dt)
         self._check()
 
-    @precondition(lambda self: self.steps >= 30 and not self.model.stopped)
+    # Stopping one node of several is news for the others (their watchers
+    # are told), unlike the model's single server: tested on its own.
+    @precondition(
+        lambda self: self.steps >= 30 and not self.model.stopped and self.nodes == 1
+    )
     @rule()
     def stop(self) -> None:
         self._begin()
-        self.registry.stop()
+        for registry in self.registries:
+            registry.stop()
         self.model.stop()
         self._check()
         assert self.clock.getDelayedCalls() == []
@@ -1216,8 +1236,20 @@ class MutualGrace(RegistryMachine):
     offline_grace = 3.0
 
 
+class TwoNodesOpenGrace(OpenGrace):
+    nodes = 2
+
+
+class TwoNodesMutualGrace(MutualGrace):
+    nodes = 2
+
+
+class TwoNodesMutualNoGrace(MutualNoGrace):
+    nodes = 2
+
+
 MACHINE_SETTINGS = settings(
-    max_examples=250,
+    max_examples=int(os.environ.get("PRESENCE_EXAMPLES", "250")),
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
@@ -1242,4 +1274,17 @@ class RegistryModelTests(unittest.SynchronousTestCase):
     def test_mutual_grace(self) -> None:
         """Mutual visibility, with an offline grace."""
         run_state_machine_as_test(MutualGrace, settings=MACHINE_SETTINGS)
+
+    def test_two_nodes_open_grace(self) -> None:
+        """Two registries joined by the in-memory bus, sessions on either:
+        every watcher gets exactly the events of one server (open, grace)."""
+        run_state_machine_as_test(TwoNodesOpenGrace, settings=MACHINE_SETTINGS)
+
+    def test_two_nodes_mutual_grace(self) -> None:
+        """Two joined registries agree with the model (mutual, grace)."""
+        run_state_machine_as_test(TwoNodesMutualGrace, settings=MACHINE_SETTINGS)
+
+    def test_two_nodes_mutual_no_grace(self) -> None:
+        """Two joined registries agree with the model (mutual, no grace)."""
+        run_state_machine_as_test(TwoNodesMutualNoGrace, settings=MACHINE_SETTINGS)
 

@@ -1,0 +1,172 @@
+"""Two registries joined by L{MemoryHub}: one user, sessions on several nodes.
+
+The hypothesis state machine in test_registry runs the reference model over
+two joined registries; these are the cluster behaviours it does not reach
+(node loss, one node stopping) and a few worked examples.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+from zope.interface.verify import verifyObject
+
+from presence import wire
+from presence.core.bus import MemoryBus, MemoryHub
+from presence.core.interfaces import IBus, IStateListener, UserState
+from presence.core.registry import Registry
+from presence.test.test_registry import START, FakeSession, offline, online
+
+
+class TwoNodes(unittest.SynchronousTestCase):
+    """Registries "a" and "b" on one hub and one fake clock."""
+
+    grace = 0.0
+    mutual = False
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.hub = MemoryHub()
+        self.a = self.node("a")
+        self.b = self.node("b")
+
+    def node(self, name: str) -> Registry:
+        return Registry(
+            self.clock,
+            offline_grace=self.grace,
+            mutual=self.mutual,
+            bus=self.hub.bus(name),
+        )
+
+    def login(self, registry: Registry, uid: int, friends: tuple[int, ...] = (),
+              **fields: Any) -> FakeSession:
+        session = FakeSession(uid)
+        registry.login(
+            session, frozenset(friends), wire.status_fields(fields, required=False)
+        )
+        return session
+
+
+class HubTests(TwoNodes):
+    def test_interfaces(self) -> None:
+        """The memory bus provides IBus; the registry is its listener."""
+        self.assertTrue(verifyObject(IBus, self.a.bus))
+        self.assertTrue(verifyObject(IStateListener, self.a))
+        self.assertIsInstance(self.a.bus, MemoryBus)
+
+    def test_cross_node_online_status_offline(self) -> None:
+        """A watcher on one node sees a user on the other come, change, go."""
+        w = self.login(self.a, 1, (2,))
+        s = self.login(self.b, 2)
+        self.b.set_status(s, wire.status_fields({"status": "away"}, required=True))
+        self.clock.advance(1)
+        self.b.logout(s)
+        self.assertEqual(
+            w.take(),
+            [online(2), online(2, "away"), offline(2, START + 1)],
+        )
+
+    def test_sessions_on_two_nodes_are_one_user(self) -> None:
+        """Two sessions of one user on two nodes: one online, one offline."""
+        w = self.login(self.a, 1, (2,))
+        s1 = self.login(self.a, 2)
+        s2 = self.login(self.b, 2)
+        self.assertEqual(self.a.session_count(2), 2)
+        self.a.logout(s1)
+        self.clock.advance(2)
+        self.b.logout(s2)
+        self.assertEqual(w.take(), [online(2), offline(2, START + 2)])
+
+    def test_status_is_shared_last_writer_wins(self) -> None:
+        """A status written on either node is the user's status."""
+        s1 = self.login(self.a, 2, status="busy")
+        s2 = self.login(self.b, 2)
+        w = self.login(self.b, 1, (2,))
+        self.assertEqual(w.take(), [online(2, "busy")])
+        self.a.set_status(s1, wire.status_fields({"status": "away"}, required=True))
+        self.b.set_status(s2, wire.status_fields({"status": "online"}, required=True))
+        self.assertEqual(w.take(), [online(2, "away"), online(2)])
+        self.assertEqual(self.a.status_of(2), ("online", ""))
+
+    def test_node_lost(self) -> None:
+        """A lost node's users go offline, last seen when it was last alive."""
+        w = self.login(self.a, 1, (2, 3))
+        self.login(self.b, 2)
+        self.login(self.b, 3)
+        self.login(self.a, 3)  # also here: stays online
+        w.take()
+        self.clock.advance(10)
+        self.hub.node_lost("b", START + 4)
+        self.assertEqual(w.take(), [offline(2, START + 4)])
+        self.assertTrue(self.a.is_online(3))
+
+    def test_one_node_stopping_is_news_elsewhere(self) -> None:
+        """A node that stops takes its users offline for the other nodes."""
+        w = self.login(self.a, 1, (2,))
+        s = self.login(self.b, 2)
+        w.take()
+        self.b.stop()
+        self.b.logout(s)
+        self.assertEqual(w.take(), [offline(2, START)])
+
+    def test_follow_answers_with_present_users_only(self) -> None:
+        """Following an absent user tells nothing; its later arrival does."""
+        seen: list[UserState] = []
+
+        class Listener:
+            def user_changed(self, state: UserState) -> None:
+                seen.append(state)
+
+            def resync(self, states: list[UserState]) -> None:
+                pass
+
+        bus = self.hub.bus("c")
+        bus.attach(Listener())  # type: ignore[arg-type]
+        self.login(self.a, 5)
+        bus.follow([5, 6])
+        self.login(self.b, 6)
+        self.assertEqual([(s.uid, s.present) for s in seen], [(5, True), (6, True)])
+        self.assertLess(seen[0].version, seen[1].version)
+
+
+class GraceTests(TwoNodes):
+    grace = 3.0
+
+    def test_back_on_another_node_within_grace(self) -> None:
+        """A reconnect to another node within the grace is invisible."""
+        w = self.login(self.a, 1, (2,))
+        s = self.login(self.b, 2, status="away")
+        w.take()
+        self.b.logout(s)
+        self.clock.advance(2)
+        self.login(self.a, 2)
+        self.clock.advance(5)
+        self.assertEqual(w.take(), [])
+        self.assertEqual(self.a.status_of(2), ("away", ""))
+
+    def test_grace_runs_out(self) -> None:
+        """Not back in time: offline, last seen when the session ended."""
+        w = self.login(self.a, 1, (2,))
+        s = self.login(self.b, 2)
+        w.take()
+        self.clock.advance(1)
+        self.b.logout(s)
+        self.clock.advance(3)
+        self.assertEqual(w.take(), [offline(2, START + 1)])
+
+
+class MutualTests(TwoNodes):
+    mutual = True
+
+    def test_listing_on_another_node(self) -> None:
+        """Mutual: a session on another node that lists the watcher counts."""
+        w = self.login(self.a, 1, (2,))
+        self.login(self.b, 2)
+        self.assertEqual(w.take(), [])
+        s = self.login(self.b, 2, (1,))
+        self.assertEqual(w.take(), [online(2)])
+        self.b.logout(s)
+        self.assertEqual(w.take(), [offline(2, START)])
