@@ -13,7 +13,7 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from presence.server.factory import PresenceFactory
+from presence.server.lines import LineFactory
 
 # Sessions get this long to take their error 15 before they are aborted, so
 # that the process exits well within the 5 s a supervisor allows.
@@ -26,7 +26,7 @@ class PresenceService(Service):
     def __init__(
         self,
         endpoint: IStreamServerEndpoint,
-        factory: PresenceFactory,
+        factory: LineFactory,
         reactor: IReactorCore,
         scheme: str = "tcp",
     ) -> None:
@@ -73,15 +73,12 @@ class PresenceService(Service):
         super().stopService()
         if self.port is not None:
             yield self.port.stopListening()
-        n = len(self.factory.connections)
+        server = self.factory.server
+        n = len(server.connections)
         self.log.info("presence stopping: closing {n} connections", n=n)
-        gone = self.factory.shutdown()
-        timer = self.factory.clock.callLater(SHUTDOWN_GRACE, self._abort_all)
+        gone = server.shutdown()
+        timer = server.clock.callLater(SHUTDOWN_GRACE, server.abort_all)
         yield gone
         if timer.active():
             timer.cancel()
         self.log.info("presence stopped")
-
-    def _abort_all(self) -> None:
-        for proto in list(self.factory.connections):
-            proto.transport.abortConnection()

@@ -10,7 +10,9 @@ from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 
-from presence.server.factory import MIB, Config, PresenceFactory
+from presence.server.config import MIB, Config
+from presence.server.context import Server
+from presence.server.lines import LineFactory
 from presence.server.service import PresenceService
 from presence.wire.tokens import TokenVerifier, read_secret, weakness
 
@@ -158,11 +160,12 @@ def makeService(options: Options) -> IService:
     elif weakness(secret):
         log.warn("{weakness}", weakness=weakness(secret))
     config = options.config(connection_budget(options["max-connections"]))
-    factory = PresenceFactory(
+    server = Server(
         reactor,
         config,
         TokenVerifier(secret) if secret is not None else None,
     )
+    factory = LineFactory(server)
     description = options["port"]
     endpoint = endpoints.serverFromString(reactor, options.endpoint_description)
     scheme = description.split(":", 1)[0] if ":" in description else "tcp"

@@ -11,22 +11,30 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from presence.server.factory import Config, PresenceFactory
-from presence.server.protocol import PresenceProtocol
+from presence.server.config import Config
+from presence.server.context import Server
+from presence.server.lines import LineFactory, LineProtocol
 from presence.wire.tokens import TokenVerifier
+
+
+def line_factory(
+    clock: Clock, config: Config | None = None, verifier: TokenVerifier | None = None
+) -> LineFactory:
+    """The TCP front end on a fresh L{Server}."""
+    return LineFactory(Server(clock, config, verifier))
 
 
 class FakeClient:
     """One connection to the protocol under test, seen from the client side."""
 
-    def __init__(self, factory: PresenceFactory, host: str, port: int) -> None:
+    def __init__(self, factory: LineFactory, host: str, port: int) -> None:
         self.transport = StringTransport(
             peerAddress=IPv4Address("TCP", host, port),
             hostAddress=IPv4Address("TCP", "10.0.0.254", 8081),
         )
         proto = factory.buildProtocol(self.transport.getPeer())
-        assert isinstance(proto, PresenceProtocol)
-        self.proto: PresenceProtocol = proto
+        assert isinstance(proto, LineProtocol)
+        self.proto: LineProtocol = proto
         self.proto.makeConnection(self.transport)
         self.lost: bool = False
         self.snapshot: list[tuple[int, bool, str]] = []
@@ -75,12 +83,12 @@ class Harness:
     def __init__(self, secret: bytes | None = None, **config: Any) -> None:
         self.clock = Clock()
         self.clock.advance(1_764_000_000)
-        self.factory = PresenceFactory(
+        self.factory = line_factory(
             self.clock,
             Config(**config),
             TokenVerifier(secret) if secret is not None else None,
         )
-        self.registry = self.factory.registry
+        self.registry = self.factory.server.registry
         self._port = 40000
 
     def connect(self, host: str = "192.0.2.1") -> FakeClient:

@@ -24,8 +24,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from presence.cli import token as token_cli
-from presence.server.factory import Config, PresenceFactory
-from presence.server.protocol import PresenceProtocol
+from presence.server.config import Config
+from presence.server.lines import LineFactory, LineProtocol
+from presence.test.support import line_factory
 from presence.wire.errors import ErrorCode, ProtocolError
 from presence.wire.tokens import LEEWAY, TokenVerifier, make_token, read_secret
 
@@ -251,12 +252,12 @@ class TokenCliTests(SynchronousTestCase):
 class Conn:
     """One client connection over a StringTransport."""
 
-    def __init__(self, factory: PresenceFactory, port: int) -> None:
+    def __init__(self, factory: LineFactory, port: int) -> None:
         addr = IPv4Address("TCP", "192.0.2.7", port)
         self.transport = StringTransport(peerAddress=addr)
         proto = factory.buildProtocol(addr)
-        assert isinstance(proto, PresenceProtocol)
-        self.proto: PresenceProtocol = proto
+        assert isinstance(proto, LineProtocol)
+        self.proto: LineProtocol = proto
         proto.makeConnection(self.transport)
 
     def send(self, obj: Any) -> None:
@@ -278,10 +279,10 @@ class TokenLoginTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.factory = PresenceFactory(
+        self.factory = line_factory(
             self.clock, Config(max_friends=3), TokenVerifier(SECRET)
         )
-        self.registry = self.factory.registry
+        self.registry = self.factory.server.registry
         self.ports = iter(range(20000, 30000))
 
     def connect(self) -> Conn:
@@ -402,14 +403,14 @@ class TokenLoginTests(SynchronousTestCase):
         messages = me.received()
         self.assertEqual([(m["type"], m.get("user_id")) for m in messages],
                          [("welcome", 1), ("presence", 2)])
-        self.assertEqual(self.registry.watching(me.proto), frozenset({2}))
+        self.assertEqual(self.registry.watching(me.proto.session), frozenset({2}))
         three.send({"type": "status", "status": "busy"})
         two.send({"type": "status", "status": "away"})
         self.assertEqual([(m["user_id"], m["status"]) for m in me.received()],
                          [(2, "away")])
         # Changing the list later is filtered by the claim too.
         me.send({"type": "friends", "friends": [2, 4, 5]})
-        self.assertEqual(self.registry.watching(me.proto), frozenset({2, 4}))
+        self.assertEqual(self.registry.watching(me.proto.session), frozenset({2, 4}))
         self.login(5, [])
         self.login(4, [])
         self.assertEqual([m["user_id"] for m in me.received()], [4])
@@ -422,7 +423,7 @@ class TokenLoginTests(SynchronousTestCase):
         conn.send({"user_id": 1, "friends": [2, 3], "token": "junk"})
         self.assertEqual(conn.received(), [{"type": "pong"}])
         self.assertFalse(conn.transport.disconnecting)
-        self.assertEqual(self.registry.watching(conn.proto), frozenset({2, 3}))
+        self.assertEqual(self.registry.watching(conn.proto.session), frozenset({2, 3}))
 
     def test_relogin_keeps_claim(self) -> None:
         """A re-sent login cannot widen what the token's claim allows."""
@@ -433,7 +434,7 @@ class TokenLoginTests(SynchronousTestCase):
         conn.send({"user_id": 1, "friends": [2, 3],
                    "token": make_token(SECRET, 1, friends=[2, 3])})
         self.assertEqual(conn.received(), [{"type": "pong"}])
-        self.assertEqual(self.registry.watching(conn.proto), frozenset({2}))
+        self.assertEqual(self.registry.watching(conn.proto.session), frozenset({2}))
 
     def test_relogin_as_other_user(self) -> None:
         """A logged-in connection cannot become another user, even with a
@@ -443,4 +444,4 @@ class TokenLoginTests(SynchronousTestCase):
         [error] = conn.received()
         self.assertEqual(error["error"], int(ErrorCode.INVALID_MESSAGE))
         self.assertFalse(self.registry.is_online(2))
-        self.assertEqual(conn.proto.user_id, 1)
+        self.assertEqual(conn.proto.session.user_id, 1)

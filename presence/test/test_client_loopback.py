@@ -24,7 +24,8 @@ from presence.client import (
     Session,
     connect,
 )
-from presence.server.factory import PresenceFactory
+from presence.server.context import Server
+from presence.server.lines import LineFactory
 from presence.server.service import PresenceService
 from presence.wire.errors import ErrorCode
 
@@ -69,7 +70,7 @@ class LoopbackTests(TestCase):
     timeout = 30
 
     async def start_server(self, port: int = 0) -> int:
-        factory = PresenceFactory(reactor)
+        factory = LineFactory(Server(reactor))
         endpoint = TCP4ServerEndpoint(reactor, port, interface="127.0.0.1")
         service = PresenceService(endpoint, factory, reactor)
         service.startService()

@@ -1,7 +1,7 @@
 """Property tests: whatever a client sends, the server answers by the contract.
 
 The wire decoder ends every input in a valid result or a L{ProtocolError} with
-a code PROTOCOL.md defines for that step; a L{PresenceProtocol} fed random
+a code PROTOCOL.md defines for that step; a L{LineProtocol} fed random
 chunks never raises, writes only valid lines, and keeps the registry
 consistent with its sessions.
 """
@@ -24,9 +24,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from presence import wire
-from presence.server.factory import Config, PresenceFactory
-from presence.server.protocol import PresenceProtocol
+from presence.server.config import Config
+from presence.server.lines import LineFactory, LineProtocol
+from presence.test.support import line_factory
 from presence.wire.errors import ErrorCode, ProtocolError
+from presence.wire.messages import friends_change
 from presence.wire.tokens import TokenVerifier, make_token
 
 SETTINGS = settings(
@@ -169,7 +171,7 @@ class DecoderFuzzTests(SynchronousTestCase):
         current = current - {me}
         codes = {ErrorCode.INVALID_USER_ID, ErrorCode.FRIEND_WITH_YOURSELF,
                  ErrorCode.TOO_MANY_FRIENDS, ErrorCode.INVALID_MESSAGE}
-        result = expect(codes, wire.friends_change, obj, me, current, max_friends)
+        result = expect(codes, friends_change, obj, me, current, max_friends)
         if result is not None:
             assert me not in result and len(result) <= max_friends
             assert all(wire.is_user_id(i) for i in result)
@@ -247,12 +249,12 @@ actions = st.lists(
 
 
 class Conn:
-    def __init__(self, factory: PresenceFactory, port: int) -> None:
+    def __init__(self, factory: LineFactory, port: int) -> None:
         addr = IPv4Address("TCP", "192.0.2.9", port)
         self.transport = StringTransport(peerAddress=addr)
         proto = factory.buildProtocol(addr)
-        assert isinstance(proto, PresenceProtocol)
-        self.proto: PresenceProtocol = proto
+        assert isinstance(proto, LineProtocol)
+        self.proto: LineProtocol = proto
         proto.makeConnection(self.transport)
         self.lost: bool = False
         self.out: bytes = b""
@@ -295,25 +297,25 @@ class ProtocolFuzzTests(SynchronousTestCase):
                 code = ErrorCode(message["error"])
                 event(f"error {int(code)}")
                 assert message["msg"].startswith(code.wording)
-                if conn.proto.user_id is None or code in FATAL_AFTER_LOGIN:
+                if conn.proto.session.user_id is None or code in FATAL_AFTER_LOGIN:
                     conn.fatal = True
 
-    def check_registry(self, factory: PresenceFactory, conns: list[Conn]) -> None:
+    def check_registry(self, factory: LineFactory, conns: list[Conn]) -> None:
         """The registry knows exactly the logged-in, open sessions."""
-        registry = factory.registry
+        registry = factory.server.registry
         live = [c for c in conns if not c.lost]
-        assert factory.connections == {c.proto for c in live}
-        sessions = [c.proto for c in live if c.proto.user_id is not None]
+        assert factory.server.connections == {c.proto.session for c in live}
+        sessions = [c.proto for c in live if c.proto.session.user_id is not None]
         assert registry.sessions == len(sessions)
         uids: dict[int, int] = {}
         for proto in sessions:
-            assert proto.user_id is not None
-            uids[proto.user_id] = uids.get(proto.user_id, 0) + 1
-            claim = proto.claim
-            friends = frozenset(proto.friends)
+            assert proto.session.user_id is not None
+            uids[proto.session.user_id] = uids.get(proto.session.user_id, 0) + 1
+            claim = proto.session.claim
+            friends = frozenset(proto.session.friends)
             expected = friends if claim is None else friends & claim
-            assert registry.watching(proto) == expected
-            assert proto.user_id not in proto.friends
+            assert registry.watching(proto.session) == expected
+            assert proto.session.user_id not in proto.session.friends
         assert registry.users == len(uids)
         for uid in range(1, 9):
             assert registry.session_count(uid) == uids.get(uid, 0)
@@ -327,7 +329,7 @@ class ProtocolFuzzTests(SynchronousTestCase):
         """No input makes the protocol raise, log an error, write something
         invalid, or leave the registry out of step with the connections."""
         clock = Clock()
-        factory = PresenceFactory(
+        factory = line_factory(
             clock,
             Config(timeout=10, max_line=400, max_friends=5, max_sessions=2,
                    max_buffer=400, max_connections=6),
@@ -378,4 +380,4 @@ class ProtocolFuzzTests(SynchronousTestCase):
                     c.lose()
         assert all(c.lost for c in conns)
         self.check_registry(factory, conns)
-        assert factory.registry.users == 0
+        assert factory.server.registry.users == 0

@@ -9,7 +9,8 @@ from twisted.internet import defer, endpoints, reactor
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.trial.unittest import TestCase
 
-from presence.server.factory import PresenceFactory
+from presence.server.context import Server
+from presence.server.lines import LineFactory
 from presence.server.service import PresenceService
 
 
@@ -36,7 +37,7 @@ class LoopbackTests(TestCase):
     @defer.inlineCallbacks
     def test_two_clients_see_each_other(self):
         """Over TCP on port 0, user 1 sees user 2 come online and go offline."""
-        factory = PresenceFactory(reactor)
+        factory = LineFactory(Server(reactor))
         endpoint = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
         service = PresenceService(endpoint, factory, reactor)
         service.startService()

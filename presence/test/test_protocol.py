@@ -1,4 +1,4 @@
-"""PresenceProtocol over StringTransport with a task.Clock: the wire contract."""
+"""LineProtocol over StringTransport with a task.Clock: the wire contract."""
 
 from __future__ import annotations
 
@@ -363,14 +363,14 @@ class MessageTests(ErrorAssertions):
         self.h.login(4)
         self.c.send({"type": "friends", "friends": [3, 4]})
         self.assertEqual(self.c.events(), [(4, True, "online")])
-        self.assertEqual(list(self.c.proto.friends), [3, 4])
+        self.assertEqual(list(self.c.proto.session.friends), [3, 4])
 
     def test_friends_add_remove(self) -> None:
         """add/remove change the list; removal sends nothing."""
         self.h.login(5)
         self.c.send({"type": "friends", "add": [5], "remove": [2]})
         self.assertEqual(self.c.events(), [(5, True, "online")])
-        self.assertEqual(list(self.c.proto.friends), [3, 5])
+        self.assertEqual(list(self.c.proto.session.friends), [3, 5])
         self.c.send({"type": "friends", "remove": [5]})
         self.assertEqual(self.c.received(), [])
 
@@ -390,7 +390,7 @@ class MessageTests(ErrorAssertions):
         ):
             c.send({"type": "friends", **message})
             self.assertError(c, code, fatal=False)
-            self.assertEqual(list(c.proto.friends), [2, 3])
+            self.assertEqual(list(c.proto.session.friends), [2, 3])
 
     def test_relogin_same_user(self) -> None:
         """A login again as the same user replaces list and status and is a ping."""
@@ -410,7 +410,7 @@ class MessageTests(ErrorAssertions):
         self.assertError(self.c, ErrorCode.FRIEND_WITH_YOURSELF, fatal=False)
         self.c.send({"user_id": "1"})
         self.assertError(self.c, ErrorCode.INVALID_USER_ID, fatal=False)
-        self.assertEqual(list(self.c.proto.friends), [2, 3])
+        self.assertEqual(list(self.c.proto.session.friends), [2, 3])
 
     def test_live_events_say_which_friend(self) -> None:
         """Each live event names the friend that changed."""
@@ -499,7 +499,7 @@ class TimerTests(ErrorAssertions):
         self.assertTrue(c.closed)
         c.lose()
         self.assertIn((1, False, "offline"), watcher.events())
-        self.assertEqual(c.proto._exit, "client timeout")
+        self.assertEqual(c.proto.session._exit, "client timeout")
 
     def test_close_failsafe(self) -> None:
         """A fatal close that never completes is aborted by the failsafe."""
@@ -602,7 +602,7 @@ class BackpressureTests(ErrorAssertions):
         last = watcher.transport.value().split(b"\n")[-2]
         self.assertEqual(last, wire.error(ErrorCode.SLOW_CONSUMER).rstrip(b"\n"))
         watcher.lose()
-        self.assertEqual(watcher.proto._exit, "slow consumer")
+        self.assertEqual(watcher.proto.session._exit, "slow consumer")
         self.assertFalse(c.closed)
 
     def test_cut_off_leaves_no_timer(self) -> None:
@@ -616,7 +616,8 @@ class BackpressureTests(ErrorAssertions):
         self.assertTrue(slow.aborted)
         slow.lose()
         pending = h.clock.calls
-        self.assertEqual([c for c in pending if c.func == slow.proto.slow_consumer], [])
+        cut_off = slow.proto.session.slow_consumer
+        self.assertEqual([c for c in pending if c.func == cut_off], [])
 
     def test_idle_timers_stay_one_call(self) -> None:
         """Hundreds of idle clients answering pings keep one timer call in all."""
@@ -668,7 +669,7 @@ class ShutdownTests(ErrorAssertions):
         a = h.login(1, [2])
         b = h.login(2, [1])
         a.received()
-        d = h.factory.shutdown()
+        d = h.factory.server.shutdown()
         for c in (a, b):
             self.assertError(c, ErrorCode.SERVER_SHUTTING_DOWN, fatal=True)
         a.lose()
@@ -680,7 +681,7 @@ class ShutdownTests(ErrorAssertions):
     def test_refused_while_stopping(self) -> None:
         """A connection arriving during shutdown is refused."""
         h = Harness()
-        h.factory.shutdown()
+        h.factory.server.shutdown()
         c = h.connect()
         self.assertError(c, ErrorCode.TOO_MANY_CONNECTIONS, fatal=True)
 

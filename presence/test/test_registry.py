@@ -28,6 +28,7 @@ from zope.interface.verify import verifyObject
 from presence import wire
 from presence.core.bus import MemoryHub
 from presence.core.registry import SMALL, ISession, Registry, id_list
+from presence.wire.messages import friends_change
 
 START = 1_764_000_000.0
 
@@ -360,10 +361,10 @@ class WatchListTests(RegistryTestCase):
         self.login(3)
         w = self.login(1, [2])
         self.drain(w)
-        change = wire.friends_change({"add": [3]}, 1, self.registry.watching(w), 10)
+        change = friends_change({"add": [3]}, 1, self.registry.watching(w), 10)
         self.registry.set_watch(w, change)
         self.assertEqual(w.take(), [online(3)])
-        change = wire.friends_change({"remove": [2]}, 1, self.registry.watching(w), 10)
+        change = friends_change({"remove": [2]}, 1, self.registry.watching(w), 10)
         self.registry.set_watch(w, change)
         self.assertEqual(w.take(), [])
         self.assertEqual(self.registry.watching(w), frozenset({3}))
@@ -1191,7 +1192,7 @@ class RegistryMachine(RuleBasedStateMachine):
         session = self.live[sid]
         uid, current = self.model.sessions[sid]
         ids = ids - {uid}
-        watch = wire.friends_change({mode: sorted(ids)}, uid, current, 10)
+        watch = friends_change({mode: sorted(ids)}, uid, current, 10)
         self._begin()
         self.where[sid].set_watch(session, id_list(watch))
         self.model.set_watch(sid, watch)

@@ -15,8 +15,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from presence.server.factory import Config, PresenceFactory
-from presence.server.protocol import PresenceProtocol
+from presence.server.config import Config
+from presence.server.lines import LineFactory, LineProtocol
+from presence.test.support import line_factory
 from presence.wire.errors import ErrorCode
 
 # abstract.FileDescriptor.bufferSize: past this, the producer is paused.
@@ -35,10 +36,10 @@ class FullTransport(StringTransport):
             self.producer.pauseProducing()
 
 
-def connect(factory: PresenceFactory, transport: StringTransport
-            ) -> PresenceProtocol:
+def connect(factory: LineFactory, transport: StringTransport
+            ) -> LineProtocol:
     proto = factory.buildProtocol(transport.getPeer())
-    assert isinstance(proto, PresenceProtocol)
+    assert isinstance(proto, LineProtocol)
     proto.makeConnection(transport)
     return proto
 
@@ -54,7 +55,7 @@ class SlowConsumerTests(SynchronousTestCase):
         """Twisted pauses the producer again on each write while its buffer
         is full; the bytes written meanwhile still add up to --max-buffer."""
         clock = Clock()
-        factory = PresenceFactory(clock, Config(max_buffer=10_000))
+        factory = line_factory(clock, Config(max_buffer=10_000))
         addr = IPv4Address("TCP", "192.0.2.1", 1000)
         talker = connect(factory, StringTransport(peerAddress=addr))
         talker.dataReceived(line({"user_id": 2}))
@@ -78,7 +79,7 @@ class LoginTimeoutTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.factory = PresenceFactory(self.clock, Config(timeout=10))
+        self.factory = line_factory(self.clock, Config(timeout=10))
         self.transport = StringTransport(
             peerAddress=IPv4Address("TCP", "192.0.2.1", 1000))
         self.proto = connect(self.factory, self.transport)

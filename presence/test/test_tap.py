@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from presence.server.factory import Config
+from presence.server.config import Config
 from presence.server.service import PresenceService
 from presence.server.tap import Options, makeService
 
@@ -86,9 +86,9 @@ class MakeServiceTests(SynchronousTestCase):
                               "--max-connections", "10"])
         service = makeService(options)
         assert isinstance(service, PresenceService)
-        self.assertEqual(service.factory.config.timeout, 20)
-        self.assertEqual(service.factory.config.max_connections, 10)
-        self.assertIsNone(service.factory.verifier)
+        self.assertEqual(service.factory.server.config.timeout, 20)
+        self.assertEqual(service.factory.server.config.max_connections, 10)
+        self.assertIsNone(service.factory.server.verifier)
 
     def test_secret(self) -> None:
         """With a secret, the factory verifies tokens."""
@@ -99,4 +99,4 @@ class MakeServiceTests(SynchronousTestCase):
         options.parseOptions(["--secret-file", path])
         service = makeService(options)
         assert isinstance(service, PresenceService)
-        self.assertIsNotNone(service.factory.verifier)
+        self.assertIsNotNone(service.factory.server.verifier)

@@ -122,29 +122,6 @@ def status_fields(obj: Json, *, required: bool) -> StatusChange:
     return StatusChange(status, text)
 
 
-def friends_change(
-    obj: Json, me: int, current: frozenset[int], max_friends: int
-) -> frozenset[int]:
-    """The watch list a C{friends} message asks for, validated."""
-    has_list = "friends" in obj
-    has_delta = "add" in obj or "remove" in obj
-    if has_list == has_delta:
-        raise ProtocolError(
-            ErrorCode.INVALID_MESSAGE, "give either friends, or add and/or remove"
-        )
-    if has_list:
-        result = id_set(obj["friends"], "friends", me, max_friends)
-    else:
-        add = id_set(obj.get("add", []), "add", me, max_friends)
-        remove = id_set(obj.get("remove", []), "remove", me, max_friends)
-        result = (current - remove) | add
-    if len(result) > max_friends:
-        raise ProtocolError(
-            ErrorCode.TOO_MANY_FRIENDS, f"{len(result)} > {max_friends}"
-        )
-    return result
-
-
 def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."

@@ -1,42 +1,33 @@
-"""L{PresenceFactory}: the registry, the configuration and the connection limits."""
+"""L{Server}: what every front end of one process shares.
+
+One registry, one deadline heap, one token verifier and one set of
+connection limits serve the TCP, v0 and WebSocket front ends alike, so that
+the limits hold for the process whichever way clients come in.
+"""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IAddress, IReactorTime
-from twisted.internet.protocol import ServerFactory
-from twisted.logger import Logger
 
+from presence.core.interfaces import IBus
 from presence.core.registry import Registry
 from presence.core.timers import Deadlines
-from presence.server.protocol import PresenceProtocol
+from presence.server.config import Config
 from presence.wire.errors import ErrorCode, ProtocolError
 from presence.wire.tokens import TokenVerifier
 
-MIB = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Config:
-    timeout: float = 15.0
-    offline_grace: float = 0.0
-    mutual: bool = False
-    max_line: int = MIB
-    max_friends: int = 10_000
-    max_connections: int = 20_000
-    max_per_ip: int = 1_000
-    max_sessions: int = 32
-    max_buffer: int = MIB
-    # Pings and timeouts may fire this much late, so that one wakeup serves
-    # many connections (presence.core.timers).
-    timer_slack: float = 0.0
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from presence.server.session import Session
 
 
 def describe(address: IAddress) -> str:
-    if isinstance(address, (IPv4Address, IPv6Address)):
+    """A peer or host address as logs print it (IPv6 in brackets)."""
+    if isinstance(address, IPv6Address):
+        return f"[{address.host}]:{address.port}"
+    if isinstance(address, IPv4Address):
         return f"{address.host}:{address.port}"
     if isinstance(address, UNIXAddress):
         name = address.name
@@ -44,56 +35,59 @@ def describe(address: IAddress) -> str:
     return str(address)
 
 
-class PresenceFactory(ServerFactory):
-    protocol = PresenceProtocol  # type: ignore[assignment]
-    log = Logger()
-    noisy = False
+def host_of(address: IAddress) -> str | None:
+    """The IP address to count per-address limits by (None: not counted)."""
+    if isinstance(address, (IPv4Address, IPv6Address)):
+        return address.host
+    return None
+
+
+class Server:
+    """The registry, configuration, timers, tokens and connection limits."""
 
     def __init__(
         self,
         clock: IReactorTime,
         config: Config | None = None,
         verifier: TokenVerifier | None = None,
+        bus: IBus | None = None,
     ) -> None:
         self.clock = clock
-        self.config = config or Config()
+        self.config = config = config or Config()
         self.verifier = verifier
         self.registry = Registry(
-            clock, offline_grace=self.config.offline_grace, mutual=self.config.mutual
+            clock, offline_grace=config.offline_grace, mutual=config.mutual, bus=bus
         )
-        self.deadlines = Deadlines(clock, self.config.timer_slack)
-        self.connections: set[PresenceProtocol] = set()
+        self.deadlines = Deadlines(clock, config.timer_slack)
+        self.connections: set[Session] = set()
         self._per_ip: dict[str, int] = {}
         self._stopping = False
         self._all_gone: list[defer.Deferred[None]] = []
 
     # -- connection accounting -----------------------------------------------
 
-    def connection_made(self, proto: PresenceProtocol) -> str:
-        """Count a new connection in; return a printable peer address."""
-        self.connections.add(proto)
-        peer = proto.transport.getPeer()
-        host = proto.host = _host(peer)
+    def connection_made(self, session: Session) -> str:
+        """Count a new connection in; return why it must be refused, or ""."""
+        self.connections.add(session)
+        host = session.host
         if host is not None:
             self._per_ip[host] = self._per_ip.get(host, 0) + 1
-        return describe(peer)
-
-    def refusal(self, proto: PresenceProtocol) -> str:
-        """Why this new connection must be refused (error 16), or ""."""
         if self._stopping:
             return "server shutting down"
         if len(self.connections) > self.config.max_connections:
             return f"server holds {self.config.max_connections}"
-        host = proto.host
         if host is not None and self._per_ip[host] > self.config.max_per_ip:
-            return f"{self.config.max_per_ip} from {host}"
+            return (
+                f"{self.config.max_per_ip} from {host} "
+                "(raise --max-per-ip for proxies and load tests)"
+            )
         return ""
 
-    def connection_lost(self, proto: PresenceProtocol) -> None:
-        if proto not in self.connections:
+    def connection_lost(self, session: Session) -> None:
+        if session not in self.connections:
             return
-        self.connections.discard(proto)
-        host = proto.host
+        self.connections.discard(session)
+        host = session.host
         if host is not None:
             left = self._per_ip[host] - 1
             if left:
@@ -107,6 +101,10 @@ class PresenceFactory(ServerFactory):
 
     # -- shutdown ------------------------------------------------------------
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
     def shutdown(self) -> defer.Deferred[None]:
         """Send every session error 15 and close it; fire when all are gone."""
         self._stopping = True
@@ -116,12 +114,11 @@ class PresenceFactory(ServerFactory):
             d.callback(None)
             return d
         self._all_gone.append(d)
-        for proto in list(self.connections):
-            proto.fatal(ProtocolError(ErrorCode.SERVER_SHUTTING_DOWN))
+        for session in list(self.connections):
+            session.fatal(ProtocolError(ErrorCode.SERVER_SHUTTING_DOWN))
         return d
 
-
-def _host(address: IAddress) -> str | None:
-    if isinstance(address, (IPv4Address, IPv6Address)):
-        return address.host
-    return None
+    def abort_all(self) -> None:
+        """Abort whatever connection is still open (the shutdown took too long)."""
+        for session in list(self.connections):
+            session.peer.abort()

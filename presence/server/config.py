@@ -1,0 +1,25 @@
+"""L{Config}: the server's limits and timings, as the options set them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every tunable of a running server (see docs/operations.rst)."""
+
+    timeout: float = 15.0
+    offline_grace: float = 0.0
+    mutual: bool = False
+    max_line: int = MIB
+    max_friends: int = 10_000
+    max_connections: int = 20_000
+    max_per_ip: int = 1_000
+    max_sessions: int = 32
+    max_buffer: int = MIB
+    # Pings and timeouts may fire this much late, so that one wakeup serves
+    # many connections (presence.core.timers).
+    timer_slack: float = 0.0

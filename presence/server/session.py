@@ -1,0 +1,337 @@
+"""L{Session}: one client connection's protocol, whatever carries its bytes.
+
+A session holds everything PROTOCOL.md asks of a connection: the login, the
+messages, the limits, the keep-alive schedule, backpressure accounting and
+closing.  It talks to its front end (TCP lines, v0, WebSocket) only through
+L{IPeer}: write, close, abort, pause and resume reading.  A front end only
+frames bytes: it hands the session one message at a time (L{Session.line})
+and tells it when its transport fills up or drains.
+
+Every timer runs on the server's clock (C{task.Clock} in tests): the login
+timeout, pings and the idle timeout on the shared deadline heap
+(L{presence.core.timers.Deadlines}), the rarer slow-consumer cut-off and
+close failsafe as plain C{callLater}s.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from zope.interface import Attribute, Interface, implementer
+
+from presence import wire
+from presence.core.interfaces import ISession
+from presence.core.registry import IdList, id_list
+from presence.server.context import Server
+from presence.wire.errors import ErrorCode, ProtocolError
+from presence.wire.messages import Bye, Friends, Login, Message, Ping, Status, parse
+
+# Errors after login that leave the session open (PROTOCOL.md, "fatal").
+NOT_FATAL_AFTER_LOGIN = frozenset(
+    {
+        ErrorCode.INVALID_USER_ID,
+        ErrorCode.FRIEND_WITH_YOURSELF,
+        ErrorCode.TOO_MANY_FRIENDS,
+        ErrorCode.INVALID_MESSAGE,
+    }
+)
+
+EXIT_REASONS = {
+    ErrorCode.CLIENT_TIMEOUT: "client timeout",
+    ErrorCode.SLOW_CONSUMER: "slow consumer",
+    ErrorCode.SERVER_SHUTTING_DOWN: "server shutting down",
+}
+
+# How long a closing connection may take to flush its last line before it is
+# aborted (a client that does not read would otherwise hold it forever).
+CLOSE_FAILSAFE = 5.0
+
+
+class IPeer(Interface):
+    """What a session needs of its front end."""
+
+    address = Attribute("The peer's address as logs print it (str).")
+    host = Attribute("The peer's IP address for per-address limits, or None.")
+
+    def write(data: bytes) -> None:
+        """Send one or more encoded server lines (the front end frames them)."""
+
+    def close() -> None:
+        """Close after what was written is flushed."""
+
+    def abort() -> None:
+        """Close at once, dropping what is unsent."""
+
+    def pause_reading() -> None:
+        """Stop reading from the client (TCP pushes back)."""
+
+    def resume_reading() -> None:
+        """Read from the client again."""
+
+
+@implementer(ISession)
+class Session:
+    """One client connection's state and protocol logic (see the module doc)."""
+
+    log = Logger()
+
+    def __init__(self, server: Server, peer: IPeer) -> None:
+        self.server = server
+        self.peer = peer
+        self.host: str | None = peer.host
+        self.user_id: int | None = None
+        self.friends: IdList = id_list(())
+        self.claim: frozenset[int] | None = None
+        self.closing = False
+        self._pinged = False
+        self._exit = "connection closed"
+        self._paused = False
+        self._unsent = 0
+        self._paused_call: IDelayedCall | None = None
+        self._failsafe: IDelayedCall | None = None
+        self._timeout: float | None = None
+        # The deadline heap's bookkeeping (presence.core.timers.TimerOwner).
+        self.deadline: float | None = None
+        self.deadline_seq = 0
+
+    # -- what the front end calls --------------------------------------------
+
+    def start(self) -> None:
+        """The connection is up: count it, refuse it, or start its login timer."""
+        refusal = self.server.connection_made(self)
+        if refusal:
+            self.fatal(ProtocolError(ErrorCode.TOO_MANY_CONNECTIONS, refusal))
+            return
+        self._set_timer(self.server.config.timeout)
+
+    def line(self, line: bytes) -> None:
+        """Handle one message (a line without its terminator; maybe blank)."""
+        if self.closing:
+            return
+        if self.user_id is not None:
+            # Activity keeps a session alive; before the login nothing but
+            # the login itself stops the login timeout.
+            self.active()
+        if len(line) > self.server.config.max_line:
+            self.line_too_long()
+            return
+        if not line or line.isspace():
+            return
+        try:
+            self._handle(parse(line, self.server.config.max_friends, self.user_id))
+        except ProtocolError as e:
+            if self.user_id is not None and e.code in NOT_FATAL_AFTER_LOGIN:
+                self.deliver(wire.error(e.code, e.detail))
+            else:
+                self.fatal(e)
+        except Exception:
+            # Nothing a client sends may escape the session; an error here is
+            # ours, and costs this session only.
+            self.log.failure(
+                "unexpected error handling a line from {peer}", peer=self.peer.address
+            )
+            self.fatal(ProtocolError(ErrorCode.UNKNOWN))
+
+    def active(self) -> None:
+        """The client sent something: it is alive (after the login)."""
+        self._pinged = False
+        if self._timeout is not None:
+            self.server.deadlines.postpone(
+                self, self.server.clock.seconds() + self._timeout
+            )
+
+    def line_too_long(self) -> None:
+        self.fatal(
+            ProtocolError(
+                ErrorCode.LINE_TOO_LONG, f"limit {self.server.config.max_line}"
+            )
+        )
+
+    def transport_paused(self) -> None:
+        """The transport's buffer is full: the client is not reading.
+
+        Twisted says so on every write while it stays full, so only the
+        first call starts the count.
+        """
+        if self._paused:
+            return
+        self._paused = True
+        self._unsent = 0
+        if self._paused_call is None and not self.closing:
+            self._paused_call = self.server.clock.callLater(
+                self.server.config.timeout, self.slow_consumer
+            )
+
+    def transport_resumed(self) -> None:
+        self._paused = False
+        self._unsent = 0
+        if self._paused_call is not None:
+            if self._paused_call.active():
+                self._paused_call.cancel()
+            self._paused_call = None
+
+    def lost(self) -> None:
+        """The connection is gone (closed by either side, or aborted)."""
+        self._set_timer(None)
+        for call in (self._paused_call, self._failsafe):
+            if call is not None and call.active():
+                call.cancel()
+        self.closing = True
+        server = self.server
+        server.connection_lost(self)
+        if self.user_id is not None:
+            server.registry.logout(self)
+            self.log.info(
+                "user {uid} exits: {reason} ({n} left) from {peer}",
+                uid=self.user_id,
+                reason=self._exit,
+                n=_sessions(server.registry.session_count(self.user_id)),
+                peer=self.peer.address,
+            )
+
+    # -- messages ------------------------------------------------------------
+
+    def _handle(self, message: Message) -> None:
+        if isinstance(message, Login):
+            if self.user_id is None:
+                self._login(message)
+            else:
+                self._relogin(message)
+        elif isinstance(message, Ping):
+            self.deliver(wire.PONG)
+        elif isinstance(message, Status):
+            self.server.registry.set_status(self, message.change)
+        elif isinstance(message, Friends):
+            self._set_friends(
+                message.apply(frozenset(self.friends), self.server.config.max_friends)
+            )
+        elif isinstance(message, Bye):
+            self._exit = "bye"
+            self.close()
+        # Pong: the line itself was the point, it reset the idle timer.
+
+    def _login(self, message: Login) -> None:
+        server = self.server
+        config = server.config
+        uid = message.user_id
+        claim = None
+        if server.verifier is not None:
+            claim = server.verifier.verify(message.token, uid)
+        if message.problem is not None:
+            raise message.problem
+        registry = server.registry
+        if registry.session_count(uid) >= config.max_sessions:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_CONNECTIONS,
+                f"user {uid} has {config.max_sessions} sessions",
+            )
+        self.user_id = uid
+        self.friends = id_list(message.friends)
+        self.claim = claim
+        self.deliver(wire.welcome(uid, config.timeout))
+        registry.login(self, self._watch(self.friends), message.change)
+        # From now on the timer is the ping schedule: a ping after timeout/2 of
+        # silence, error 1 after another timeout/2.
+        self._set_timer(config.timeout / 2)
+        self.log.info(
+            "user {uid} joins ({n}) from {peer}",
+            uid=uid,
+            n=_sessions(registry.session_count(uid)),
+            peer=self.peer.address,
+        )
+
+    def _relogin(self, message: Login) -> None:
+        # Older clients re-send their login every second: it updates the
+        # list and status and counts as a ping.
+        if message.user_id != self.user_id:
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE, "already logged in as another user"
+            )
+        if message.problem is not None:
+            raise message.problem
+        self._set_friends(message.friends)
+        change = message.change
+        if change.status is not None or change.text is not None:
+            self.server.registry.set_status(self, change)
+        self.deliver(wire.PONG)
+
+    def _set_friends(self, friends: frozenset[int]) -> None:
+        self.friends = id_list(friends)
+        self.server.registry.set_watch(self, self._watch(self.friends))
+
+    def _watch(self, friends: IdList) -> IdList:
+        # A token's friends claim silently narrows what the session may watch.
+        claim = self.claim
+        if claim is None:
+            return friends
+        return id_list(f for f in friends if f in claim)
+
+    # -- writing and backpressure --------------------------------------------
+
+    def deliver(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if self._paused:
+            self._unsent += len(data)
+            if self._unsent > self.server.config.max_buffer:
+                self.slow_consumer()
+                return
+        self.peer.write(data)
+
+    def slow_consumer(self) -> None:
+        call, self._paused_call = self._paused_call, None
+        if call is not None and call.active():
+            call.cancel()  # cut off by --max-buffer before the paused timer
+        if self.closing:
+            return
+        self.fatal(ProtocolError(ErrorCode.SLOW_CONSUMER), abort=True)
+
+    # -- timers --------------------------------------------------------------
+
+    def _set_timer(self, period: float | None) -> None:
+        self._timeout = period
+        deadlines = self.server.deadlines
+        if period is None:
+            deadlines.cancel(self)
+        else:
+            deadlines.set(self, self.server.clock.seconds() + period)
+
+    def deadline_reached(self) -> None:
+        if self.user_id is not None and not self._pinged:
+            self._pinged = True
+            self.deliver(wire.PING)
+            self._set_timer(self.server.config.timeout / 2)
+            return
+        self.fatal(ProtocolError(ErrorCode.CLIENT_TIMEOUT))
+
+    # -- closing -------------------------------------------------------------
+
+    def fatal(self, error: ProtocolError, abort: bool = False) -> None:
+        """Write a fatal error, then close (abort when the client is not reading)."""
+        if self.closing:
+            return
+        self._exit = EXIT_REASONS.get(error.code, error.message.lower())
+        if self.user_id is None:
+            self.log.info(
+                "{peer} refused: {msg}", peer=self.peer.address, msg=error.message
+            )
+        self.peer.write(wire.error(error.code, error.detail))
+        if abort or self._paused:
+            self.closing = True
+            self._set_timer(None)
+            self.peer.abort()
+        else:
+            self.close()
+
+    def close(self) -> None:
+        """Close cleanly after flushing; abort if the flush never finishes."""
+        if self.closing:
+            return
+        self.closing = True
+        self._set_timer(None)
+        self.peer.close()
+        self._failsafe = self.server.clock.callLater(CLOSE_FAILSAFE, self.peer.abort)
+
+
+def _sessions(n: int) -> str:
+    return "1 session" if n == 1 else f"{n} sessions"
