@@ -23,3 +23,7 @@ class Config:
     # Pings and timeouts may fire this much late, so that one wakeup serves
     # many connections (presence.core.timers).
     timer_slack: float = 0.0
+    # Work one connection may do in a reactor turn before the rest of what
+    # it sent waits for the next turn (and its socket is not read): about
+    # one unit per delivery, per message and per KiB received.
+    turn_budget: int = 1000

@@ -60,6 +60,9 @@ class Server:
         )
         self.deadlines = Deadlines(clock, config.timer_slack)
         self.connections: set[Session] = set()
+        # Deliveries, messages and KiB handled so far: what fair share
+        # counts a connection's turn in (and a metric).
+        self.work = 0
         self._per_ip: dict[str, int] = {}
         self._stopping = False
         self._all_gone: list[defer.Deferred[None]] = []

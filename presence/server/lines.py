@@ -79,6 +79,7 @@ class LineProtocol(Protocol):
             keepalive is not None
             and session.user_id is not None
             and not self._chunks
+            and not session.busy
             and keepalive[1] <= self._max_line
         ):
             session.active()
@@ -96,10 +97,9 @@ class LineProtocol(Protocol):
             self._chunks = []
             self._pending = 0
         *lines, rest = data.split(b"\n")
-        for line in lines:
-            if session.closing:
-                return
-            session.line(line[:-1] if line.endswith(b"\r") else line)
+        session.received(
+            [line[:-1] if line.endswith(b"\r") else line for line in lines]
+        )
         if rest and not session.closing:
             self._chunks.append(rest)
             self._pending = len(rest)

@@ -15,6 +15,9 @@ close failsafe as plain C{callLater}s.
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterable
+
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
@@ -90,6 +93,11 @@ class Session:
         self._paused_call: IDelayedCall | None = None
         self._failsafe: IDelayedCall | None = None
         self._timeout: float | None = None
+        # Fair share: messages received but not handled yet, the call that
+        # handles more of them next turn, and whether reading is paused.
+        self._inbox: deque[bytes | None] = deque()  # None: a line too long
+        self._next_turn: IDelayedCall | None = None
+        self._throttled = False
         # The deadline heap's bookkeeping (presence.core.timers.TimerOwner).
         self.deadline: float | None = None
         self.deadline_seq = 0
@@ -104,10 +112,54 @@ class Session:
             return
         self._set_timer(self.server.config.timeout)
 
+    @property
+    def busy(self) -> bool:
+        """Whether received messages wait to be handled (fair share)."""
+        return bool(self._inbox)
+
+    def received(self, lines: Iterable[bytes]) -> None:
+        """Handle messages in order, as many as this turn's budget allows.
+
+        What is left waits for the next reactor turn, and the front end
+        stops reading meanwhile, so that TCP pushes back on a client that
+        sends faster than its share: nothing is lost, and one read holding
+        a thousand messages cannot hold the reactor.
+        """
+        if self.closing:
+            return
+        self._inbox.extend(lines)
+        if self._next_turn is None:
+            self._turn()
+
+    def _turn(self) -> None:
+        self._next_turn = None
+        server, inbox = self.server, self._inbox
+        stop = server.work + server.config.turn_budget
+        while inbox and not self.closing:
+            line = inbox.popleft()
+            if line is None:
+                self._too_long()
+            else:
+                self.line(line)
+            if server.work >= stop:
+                break
+        if self.closing:
+            inbox.clear()
+            return
+        if inbox:
+            if not self._throttled:
+                self._throttled = True
+                self.peer.pause_reading()
+            self._next_turn = server.clock.callLater(0, self._turn)
+        elif self._throttled:
+            self._throttled = False
+            self.peer.resume_reading()
+
     def line(self, line: bytes) -> None:
         """Handle one message (a line without its terminator; maybe blank)."""
         if self.closing:
             return
+        self.server.work += 1 + (len(line) >> 10)
         if self.user_id is not None:
             # Activity keeps a session alive; before the login nothing but
             # the login itself stops the login timeout.
@@ -141,6 +193,13 @@ class Session:
             )
 
     def line_too_long(self) -> None:
+        """The message being received is over --max-line (error 9)."""
+        if self._inbox:
+            self._inbox.append(None)  # after what came before it
+        else:
+            self._too_long()
+
+    def _too_long(self) -> None:
         self.fatal(
             ProtocolError(
                 ErrorCode.LINE_TOO_LONG, f"limit {self.server.config.max_line}"
@@ -173,7 +232,8 @@ class Session:
     def lost(self) -> None:
         """The connection is gone (closed by either side, or aborted)."""
         self._set_timer(None)
-        for call in (self._paused_call, self._failsafe):
+        self._inbox.clear()
+        for call in (self._paused_call, self._failsafe, self._next_turn):
             if call is not None and call.active():
                 call.cancel()
         self.closing = True
@@ -276,6 +336,7 @@ class Session:
             if self._unsent > self.server.config.max_buffer:
                 self.slow_consumer()
                 return
+        self.server.work += 1
         self.peer.write(data)
 
     def slow_consumer(self) -> None:

@@ -6,7 +6,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from presence import wire
 from presence.core.timers import SPACING
-from presence.test.support import FakeClient, Harness
+from presence.test.support import FakeClient, Harness, one_turn
 from presence.wire.errors import ErrorCode
 
 
@@ -713,3 +713,62 @@ class WordingTests(SynchronousTestCase):
              "JSON decoding Error", "JSON encoding Error", "Invalid UserID",
              "You can't be friend with yourself", "Unknown Error",
              "Server Connection Error"])
+
+
+class FairShareTests(SynchronousTestCase):
+    """One client's burst is handled over several turns; others go first."""
+
+    def test_burst_spread_over_turns(self) -> None:
+        """A 200-change burst to 100 watchers: a bystander's ping is answered
+        before most changes reach the watchers, the flooder's socket is not
+        read meanwhile, and every watcher gets every change, in order."""
+        h = Harness()
+        watchers = [h.login(100 + i, [1]) for i in range(100)]
+        flooder = h.login(1)
+        bystander = h.login(2)
+        for w in watchers:
+            w.received()
+        flooder.send(*[
+            {"type": "status", "status": "away", "text": str(i)} for i in range(200)
+        ])
+        first_turn = len(watchers[-1].received())
+        self.assertGreater(first_turn, 0)
+        self.assertLess(first_turn, 20)
+        self.assertEqual(flooder.transport.producerState, "paused")
+        bystander.send({"type": "ping"})
+        self.assertEqual(bystander.received(), [{"type": "pong"}])
+        turns = 0
+        while flooder.proto.session.busy:
+            one_turn(h.clock)
+            turns += 1
+            self.assertEqual(bystander.received(), [])
+        self.assertGreater(turns, 5)
+        self.assertEqual(flooder.transport.producerState, "producing")
+        for w in watchers[:-1]:
+            texts = [m["text"] for m in w.received()]
+            self.assertEqual(texts, [str(i) for i in range(200)])
+
+    def test_line_too_long_after_queued_messages(self) -> None:
+        """An over-long line behind queued messages is refused after them."""
+        h = Harness(max_line=100, turn_budget=2)
+        w = h.login(5, [1])
+        c = h.login(1)
+        w.received()
+        c.send(*[{"type": "status", "status": "busy", "text": str(i)}
+                 for i in range(4)], b"x" * 200)
+        while c.proto.session.busy:
+            h.clock.advance(0)
+        self.assertEqual([m["text"] for m in w.received()], ["0", "1", "2", "3"])
+        self.assertEqual(c.received()[-1]["error"], int(ErrorCode.LINE_TOO_LONG))
+
+    def test_keepalive_waits_its_turn(self) -> None:
+        """A ping sent while a burst is queued is answered after the burst."""
+        h = Harness(turn_budget=2)
+        c = h.login(1)
+        c.send(*[{"type": "status", "status": "busy", "text": str(i)}
+                 for i in range(3)])
+        c.send(b'{"type":"ping"}\n')
+        self.assertEqual(c.received(), [])
+        while c.proto.session.busy:
+            h.clock.advance(0)
+        self.assertEqual(c.received(), [{"type": "pong"}])
