@@ -133,16 +133,20 @@ class Framer:
             return _raising([], self._error)
         out: list[Message] = []
         try:
-            parts = data.split(b"\n")
-            tail = parts.pop()
             if self._mode or self._pending:
                 # Something is carried from earlier reads: the first segment
                 # continues it.
-                if not parts:
-                    self._scan(tail, False, out)
+                if b"\n" not in data:
+                    if data:
+                        self._scan(data, False, out)
                     return out
+                parts = data.split(b"\n")
+                tail = parts.pop()
                 self._scan(parts[0], True, out)
                 del parts[0]
+            else:
+                parts = data.split(b"\n")
+                tail = parts.pop()
             limit = self._limit
             for raw in parts:
                 line = raw[:-1] if raw.endswith(b"\r") else raw
