@@ -1,15 +1,26 @@
 """The TCP front end (also TLS and UNIX sockets): lines in, lines out.
 
-L{LineProtocol} only frames: it splits what it reads into lines for its
-L{Session}, writes what the session sends, and passes the transport's
-backpressure on.  Everything else is the session's.
+L{LineProtocol} only frames: it splits what it reads into messages for its
+L{Session} (L{presence.wire.framing}: lines, or concatenated JSON objects),
+writes what the session sends, and passes the transport's backpressure on.
+Everything else is the session's.
+
+It also tells protocol v0 (the original demo's clients) from v1, once per
+connection: a login that arrives as a complete JSON object with no C{\\n}
+after it within L{V0_WAIT} seconds is a v0 login (PROTOCOL.md, "Protocol
+v0"); any line in that time makes it v1.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import IAddress, IPushProducer, ITCPTransport
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IPushProducer,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -18,6 +29,12 @@ from presence import wire
 from presence.server.context import Server, describe, host_of
 from presence.server.session import IPeer, Session
 from presence.server.writer import supported, write_now
+from presence.wire.errors import ProtocolError
+from presence.wire.framing import LINE, Framer
+
+# How long a login object may wait for its "\n" before the connection is
+# taken for a v0 one (a v0 client sends nothing more until it is answered).
+V0_WAIT = 0.1
 
 # Whole reads that are a lone ping (answered by pong) or pong (no answer),
 # with the answer and the line's length without its terminator.  Idle
@@ -44,16 +61,21 @@ class LineProtocol(Protocol):
     def __init__(self) -> None:
         self.address = ""
         self.host: str | None = None
-        self._chunks: list[bytes] = []
-        self._pending = 0
+        self._framer = Framer(0)
         self._direct = False
         self._max_line = 0
+        # v1 or v0 is decided on the first message: until then None; while
+        # a login object waits for its "\n", what came since and the timer.
+        self._decided = False
+        self._held: list[bytes] = []
+        self._v0_timer: IDelayedCall | None = None
 
     # -- Protocol ------------------------------------------------------------
 
     def connectionMade(self) -> None:
         server = self.factory.server
         self._max_line = server.config.max_line
+        self._framer = Framer(self._max_line)
         if ITCPTransport.providedBy(self.transport):
             # Small writes must not wait for the peer's delayed ACK.
             self.transport.setTcpNoDelay(True)
@@ -66,19 +88,21 @@ class LineProtocol(Protocol):
         self.session.start()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._v0_timer is not None and self._v0_timer.active():
+            self._v0_timer.cancel()
         self.session.lost()
 
     def dataReceived(self, data: bytes) -> None:
-        # Unlike LineOnlyReceiver, keep partial lines as a list of chunks: a
-        # line trickling in byte by byte must not cost quadratic copying.
         session = self.session
         if session.closing:
             return
+        # Idle clients send little but keep-alives: answer a whole read that
+        # is a lone ping or pong without framing and decoding it.
         keepalive = _KEEPALIVE.get(data)
         if (
             keepalive is not None
             and session.user_id is not None
-            and not self._chunks
+            and not self._framer.pending
             and not session.busy
             and keepalive[1] <= self._max_line
         ):
@@ -86,35 +110,41 @@ class LineProtocol(Protocol):
             if keepalive[0]:
                 session.deliver(keepalive[0])
             return
-        if b"\n" not in data:
-            self._chunks.append(data)
-            self._pending += len(data)
-            self._check_pending()
+        payloads: list[bytes] = []
+        try:
+            for payload, ending in self._framer.feed(data):
+                if self._decided:
+                    payloads.append(payload)
+                elif self._v0_timer is not None:
+                    # A login object waits: a line now makes it v1.
+                    self._held.append(payload)
+                    if ending is LINE:
+                        self._decide(v0=False)
+                elif ending is LINE:
+                    self._decided = True
+                    payloads.append(payload)
+                elif payload:
+                    self._held.append(payload)
+                    self._v0_timer = session.server.clock.callLater(
+                        V0_WAIT, self._decide, True
+                    )
+        except ProtocolError as e:
+            session.received(payloads)
+            session.framing_error(e)
             return
-        if self._chunks:
-            self._chunks.append(data)
-            data = b"".join(self._chunks)
-            self._chunks = []
-            self._pending = 0
-        *lines, rest = data.split(b"\n")
-        session.received(
-            [line[:-1] if line.endswith(b"\r") else line for line in lines]
-        )
-        if rest and not session.closing:
-            self._chunks.append(rest)
-            self._pending = len(rest)
-            self._check_pending()
+        if payloads:
+            session.received(payloads)
 
-    def _check_pending(self) -> None:
-        # A line longer than the limit is refused before its end arrives; a
-        # trailing "\r" may still belong to a "\r\n" terminator.
-        limit = self._max_line
-        if self._pending > limit + 1 or (
-            self._pending == limit + 1 and not self._chunks[-1].endswith(b"\r")
-        ):
-            self._chunks = []
-            self._pending = 0
-            self.session.line_too_long()
+    def _decide(self, v0: bool) -> None:
+        """The login object's wait is over: v0 if no line came."""
+        timer, self._v0_timer = self._v0_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._decided = True
+        if v0:
+            self.session.use_v0()
+        held, self._held = self._held, []
+        self.session.received(held)
 
     # -- IPushProducer: the transport's backpressure, for the session --------
 

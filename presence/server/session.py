@@ -26,6 +26,7 @@ from presence import wire
 from presence.core.interfaces import ISession
 from presence.core.registry import IdList, id_list
 from presence.server.context import Server
+from presence.server.v0 import V0Replies
 from presence.wire.errors import ErrorCode, ProtocolError
 from presence.wire.messages import Bye, Friends, Login, Message, Ping, Status, parse
 
@@ -85,6 +86,8 @@ class Session:
         self.user_id: int | None = None
         self.friends: IdList = id_list(())
         self.claim: frozenset[int] | None = None
+        # Protocol v0: what replaces the pushed lines (see presence.server.v0).
+        self.v0: V0Replies | None = None
         self.closing = False
         self._pinged = False
         self._exit = "connection closed"
@@ -95,7 +98,8 @@ class Session:
         self._timeout: float | None = None
         # Fair share: messages received but not handled yet, the call that
         # handles more of them next turn, and whether reading is paused.
-        self._inbox: deque[bytes | None] = deque()  # None: a line too long
+        # A ProtocolError stands for a framing error, in its place.
+        self._inbox: deque[bytes | ProtocolError] = deque()
         self._next_turn: IDelayedCall | None = None
         self._throttled = False
         # The deadline heap's bookkeeping (presence.core.timers.TimerOwner).
@@ -137,8 +141,8 @@ class Session:
         stop = server.work + server.config.turn_budget
         while inbox and not self.closing:
             line = inbox.popleft()
-            if line is None:
-                self._too_long()
+            if isinstance(line, ProtocolError):
+                self.fatal(line)
             else:
                 self.line(line)
             if server.work >= stop:
@@ -164,9 +168,6 @@ class Session:
             # Activity keeps a session alive; before the login nothing but
             # the login itself stops the login timeout.
             self.active()
-        if len(line) > self.server.config.max_line:
-            self.line_too_long()
-            return
         if not line or line.isspace():
             return
         try:
@@ -183,6 +184,8 @@ class Session:
                 "unexpected error handling a line from {peer}", peer=self.peer.address
             )
             self.fatal(ProtocolError(ErrorCode.UNKNOWN))
+        if self.v0 is not None and not self.closing:
+            self.peer.write(self.v0.reply())
 
     def active(self) -> None:
         """The client sent something: it is alive (after the login)."""
@@ -192,19 +195,16 @@ class Session:
                 self, self.server.clock.seconds() + self._timeout
             )
 
-    def line_too_long(self) -> None:
-        """The message being received is over --max-line (error 9)."""
+    def framing_error(self, error: ProtocolError) -> None:
+        """The input broke the framing (error 9, or 3): fatal, in its turn."""
         if self._inbox:
-            self._inbox.append(None)  # after what came before it
+            self._inbox.append(error)  # after what came before it
         else:
-            self._too_long()
+            self.fatal(error)
 
-    def _too_long(self) -> None:
-        self.fatal(
-            ProtocolError(
-                ErrorCode.LINE_TOO_LONG, f"limit {self.server.config.max_line}"
-            )
-        )
+    def use_v0(self) -> None:
+        """This is a v0 connection: answer each message once, push nothing."""
+        self.v0 = V0Replies(self.server.config.max_buffer)
 
     def transport_paused(self) -> None:
         """The transport's buffer is full: the client is not reading.
@@ -331,6 +331,10 @@ class Session:
     def deliver(self, data: bytes) -> None:
         if self.closing:
             return
+        if self.v0 is not None:
+            if not self.v0.feed(data):
+                self.fatal(ProtocolError(ErrorCode.SLOW_CONSUMER))
+            return
         if self._paused:
             self._unsent += len(data)
             if self._unsent > self.server.config.max_buffer:
@@ -376,7 +380,10 @@ class Session:
             self.log.info(
                 "{peer} refused: {msg}", peer=self.peer.address, msg=error.message
             )
-        self.peer.write(wire.error(error.code, error.detail))
+        if self.v0 is not None:
+            self.peer.write(self.v0.fatal(error.code))
+        else:
+            self.peer.write(wire.error(error.code, error.detail))
         if abort or self._paused:
             self.closing = True
             self._set_timer(None)

@@ -287,8 +287,11 @@ class ProtocolFuzzTests(SynchronousTestCase):
         new, conn.out = data[len(conn.out):], data
         if not new:
             return
-        assert new.endswith(b"\n"), new
         assert not conn.fatal, f"written after a fatal error: {new!r}"
+        if conn.proto.session.v0 is not None:
+            self.check_v0_output(conn, new)
+            return
+        assert new.endswith(b"\n"), new
         for raw in new.split(b"\n")[:-1]:
             message = orjson.loads(raw)
             assert type(message) is dict and message.get("type") in SERVER_TYPES
@@ -299,6 +302,27 @@ class ProtocolFuzzTests(SynchronousTestCase):
                 assert message["msg"].startswith(code.wording)
                 if conn.proto.session.user_id is None or code in FATAL_AFTER_LOGIN:
                     conn.fatal = True
+
+    def check_v0_output(self, conn: Conn, new: bytes) -> None:
+        """A v0 connection gets whole v0 values, no terminators: online
+        events, the demo's pong, errors in the demo's form."""
+        decoder = json.JSONDecoder()
+        text, pos = new.decode(), 0
+        while pos < len(text):
+            value, pos = decoder.raw_decode(text, pos)
+            assert type(value) is dict, value
+            if "online" in value:
+                assert set(value) == {"online"} and type(value["online"]) is bool
+                event("v0 event")
+                continue
+            assert set(value) == {"msg", "error"}, value
+            code = ErrorCode(value["error"])
+            event(f"v0 error {int(code)}")
+            if code != ErrorCode.NO_ERROR:
+                assert value["msg"] == f"[server] {code.wording}", value
+                if conn.proto.session.user_id is None or code in FATAL_AFTER_LOGIN:
+                    conn.fatal = True
+        assert not new.endswith(b"\n"), new
 
     def check_registry(self, factory: LineFactory, conns: list[Conn]) -> None:
         """The registry knows exactly the logged-in, open sessions."""

@@ -772,3 +772,88 @@ class FairShareTests(SynchronousTestCase):
         while c.proto.session.busy:
             h.clock.advance(0)
         self.assertEqual(c.received(), [{"type": "pong"}])
+
+
+class V0DetectionTests(SynchronousTestCase):
+    """v0 or v1 is told from how the login ends (PROTOCOL.md, Protocol v0)."""
+
+    LOGIN = b'{"user_id":1,"friends":[2,3,4]}'
+
+    def test_object_without_newline_is_v0(self) -> None:
+        """A login object with no newline within 100 ms: v0, answered once,
+        with no terminator and no welcome."""
+        h = Harness()
+        c = h.connect()
+        c.transport.clear()
+        c.send(self.LOGIN)
+        h.clock.advance(0.099)
+        self.assertEqual(c.transport.value(), b"")
+        h.clock.advance(0.001)
+        self.assertEqual(
+            c.transport.value(), b'{"msg":"are you still there?","error":0}'
+        )
+        self.assertIsNotNone(c.proto.session.v0)
+        self.assertTrue(h.registry.is_online(1))
+
+    def test_newline_in_a_later_write_is_v1(self) -> None:
+        """A line client that writes its newline separately is not v0."""
+        h = Harness()
+        c = h.connect()
+        c.send(self.LOGIN)
+        h.clock.advance(0.05)
+        c.send(b"\n")
+        self.assertEqual(c.received()[0]["type"], "welcome")
+        h.clock.advance(1)
+        self.assertIsNone(c.proto.session.v0)
+
+    def test_v0_never_told_unasked(self) -> None:
+        """Events wait for the v0 client's next message, one per message, in
+        order; v1 watchers see the v0 user like any other."""
+        h = Harness()
+        v1 = h.login(2, [1])
+        c = h.connect()
+        c.send(self.LOGIN)
+        h.clock.advance(0.1)
+        # The login's own reply: the snapshot's first event (user 2).
+        self.assertEqual(c.transport.value(), b'{"online":true}')
+        c.transport.clear()
+        self.assertEqual(v1.events(), [(1, True, "online")])
+        h.login(3)
+        h.login(4).lose()
+        self.assertEqual(c.transport.value(), b"")
+        replies = []
+        for _ in range(4):
+            c.transport.clear()
+            c.send(self.LOGIN)
+            replies.append(c.transport.value())
+        self.assertEqual(replies, [
+            b'{"online":true}', b'{"online":true}', b'{"online":false}',
+            b'{"msg":"are you still there?","error":0}',
+        ])
+
+    def test_v0_fatal_error_in_demo_form(self) -> None:
+        """A v0 login listing oneself gets the demo's error 6, then close."""
+        h = Harness()
+        c = h.connect()
+        c.transport.clear()
+        c.send(b'{"user_id":5,"friends":[2,3,4,5]}')
+        h.clock.advance(0.1)
+        self.assertEqual(
+            c.transport.value(),
+            b'{"msg":"[server] You can\'t be friend with yourself","error":6}',
+        )
+        self.assertTrue(c.closed)
+
+    def test_v0_overflow_is_slow_consumer(self) -> None:
+        """More than --max-buffer bytes of waiting v0 events: error 14."""
+        h = Harness(max_buffer=40)
+        c = h.connect()
+        c.send(b'{"user_id":1,"friends":[2,3,4,5]}')
+        h.clock.advance(0.1)
+        c.transport.clear()
+        for uid in (2, 3, 4):
+            h.login(uid)
+        self.assertEqual(
+            c.transport.value(), b'{"msg":"[server] Slow consumer","error":14}'
+        )
+        self.assertTrue(c.closed)
