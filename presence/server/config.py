@@ -20,6 +20,13 @@ class Config:
     max_per_ip: int = 1_000
     max_sessions: int = 32
     max_buffer: int = MIB
+    # Before the login a line may be this long (a login with 10,000 ids and
+    # a token claiming as many fits), so that clients who have not logged
+    # in cannot make the server hold --max-line each.
+    max_login_line: int = MIB // 2
+    # Unfinished input (lines not yet ended) the server holds for all
+    # connections together; past it, the connection that adds is refused.
+    max_unfinished: int = 128 * MIB
     # Pings and timeouts may fire this much late, so that one wakeup serves
     # many connections (presence.core.timers).
     timer_slack: float = 0.0

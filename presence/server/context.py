@@ -63,6 +63,8 @@ class Server:
         # Deliveries, messages and KiB handled so far: what fair share
         # counts a connection's turn in (and a metric).
         self.work = 0
+        # Bytes of unfinished input held for all connections (the framers').
+        self.unfinished = 0
         self._per_ip: dict[str, int] = {}
         self._stopping = False
         self._all_gone: list[defer.Deferred[None]] = []

@@ -27,9 +27,9 @@ from zope.interface import implementer
 
 from presence import wire
 from presence.server.context import Server, describe, host_of
-from presence.server.session import IPeer, Session
+from presence.server.session import IPeer, Session, login_line_too_long
 from presence.server.writer import supported, write_now
-from presence.wire.errors import ProtocolError
+from presence.wire.errors import ErrorCode, ProtocolError
 from presence.wire.framing import LINE, Framer
 
 # How long a login object may wait for its "\n" before the connection is
@@ -64,6 +64,7 @@ class LineProtocol(Protocol):
         self._framer = Framer(0)
         self._direct = False
         self._max_line = 0
+        self._counted = 0  # of the framer's pending bytes, in Server.unfinished
         # v1 or v0 is decided on the first message: until then None; while
         # a login object waits for its "\n", what came since and the timer.
         self._decided = False
@@ -88,6 +89,8 @@ class LineProtocol(Protocol):
         self.session.start()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        self.factory.server.unfinished -= self._counted
+        self._counted = 0
         if self._v0_timer is not None and self._v0_timer.active():
             self._v0_timer.cancel()
         self.session.lost()
@@ -134,6 +137,27 @@ class LineProtocol(Protocol):
             return
         if payloads:
             session.received(payloads)
+        self._count_unfinished()
+
+    def _count_unfinished(self) -> None:
+        # Bound what unfinished lines cost: a shorter limit before the
+        # login, and one budget for every connection together.
+        server = self.factory.server
+        config = server.config
+        pending = self._framer.pending
+        grown = pending - self._counted
+        server.unfinished += grown
+        self._counted = pending
+        session = self.session
+        if session.user_id is None and pending > config.max_login_line + 1:
+            session.framing_error(login_line_too_long(config.max_login_line))
+        elif grown > 0 and server.unfinished > config.max_unfinished:
+            session.framing_error(
+                ProtocolError(
+                    ErrorCode.TOO_MANY_CONNECTIONS,
+                    "the server holds too much unfinished input",
+                )
+            )
 
     def _decide(self, v0: bool) -> None:
         """The login object's wait is over: v0 if no line came."""

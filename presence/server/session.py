@@ -170,6 +170,9 @@ class Session:
             self.active()
         if not line or line.isspace():
             return
+        if self.user_id is None and len(line) > self.server.config.max_login_line:
+            self.fatal(login_line_too_long(self.server.config.max_login_line))
+            return
         try:
             self._handle(parse(line, self.server.config.max_friends, self.user_id))
         except ProtocolError as e:
@@ -399,6 +402,11 @@ class Session:
         self._set_timer(None)
         self.peer.close()
         self._failsafe = self.server.clock.callLater(CLOSE_FAILSAFE, self.peer.abort)
+
+
+def login_line_too_long(limit: int) -> ProtocolError:
+    """Error 9 for a line over --max-login-line before the login."""
+    return ProtocolError(ErrorCode.LINE_TOO_LONG, f"limit {limit} before the login")
 
 
 def _sessions(n: int) -> str:

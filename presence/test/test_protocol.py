@@ -857,3 +857,46 @@ class V0DetectionTests(SynchronousTestCase):
             c.transport.value(), b'{"msg":"[server] Slow consumer","error":14}'
         )
         self.assertTrue(c.closed)
+
+
+class UnfinishedInputTests(ErrorAssertions):
+    """What clients can make the server hold in unfinished lines is bounded."""
+
+    def test_shorter_limit_before_login(self) -> None:
+        """Before the login a line may be --max-login-line long (error 9 past
+        it, before its end); after the login, --max-line."""
+        h = Harness(max_line=1000, max_login_line=100)
+        c = h.connect()
+        c.transport.clear()
+        c.send(b'{"user_id": 1, "pad": "' + b"x" * 100)
+        self.assertError(c, ErrorCode.LINE_TOO_LONG, fatal=True)
+        c.lose()
+        self.assertEqual(h.factory.server.unfinished, 0)
+        ok = h.login(2)
+        ok.send({"type": "ping", "pad": "x" * 500})
+        self.assertEqual(ok.received(), [{"type": "pong"}])
+
+    def test_whole_login_line_over_the_login_limit(self) -> None:
+        """A complete first line longer than --max-login-line is error 9."""
+        h = Harness(max_login_line=50)
+        c = h.connect()
+        c.transport.clear()
+        c.send({"user_id": 1, "friends": list(range(2, 40))})
+        self.assertError(c, ErrorCode.LINE_TOO_LONG, fatal=True)
+        self.assertEqual(h.registry.users, 0)
+
+    def test_global_budget(self) -> None:
+        """Past --max-unfinished for all connections together, the connection
+        that adds more is refused (16); the others keep what they hold."""
+        h = Harness(max_unfinished=1000)
+        a, b = h.connect(), h.connect()
+        a.transport.clear()
+        b.transport.clear()
+        a.send(b'{"user_id": 1, "friends": [' + b"2, " * 200)
+        self.assertEqual(a.transport.value(), b"")
+        b.send(b'{"user_id": 3, "friends": [' + b"2, " * 200)
+        self.assertError(b, ErrorCode.TOO_MANY_CONNECTIONS, fatal=True)
+        b.lose()
+        a.send(b"4]}\n")
+        self.assertEqual(a.received()[0]["type"], "welcome")
+        self.assertEqual(h.factory.server.unfinished, 0)
