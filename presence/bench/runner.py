@@ -301,7 +301,7 @@ class Bench:
                 "--max-per-ip", str(o.users + 200),
                 *o.server_args,
             ]
-            self.server = LaunchedServer(
+            self.server = LaunchedServer.for_bench(
                 options, log_path=o.server_log, cpus=self.server_cpus or None
             )
             host, port, pid = self.server.host, self.server.port, self.server.pid
