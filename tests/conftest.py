@@ -6,8 +6,9 @@ project's one launcher (the bench starts its server under test with it too).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -16,11 +17,22 @@ from presence.bench.server import LaunchedServer, twistd
 # A running server: its address, its log lines, and how to stop it.
 ServerProcess = LaunchedServer
 
-__all__ = ["ServerProcess", "twistd"]
+__all__ = ["ServerProcess", "StartServer", "twistd"]
+
+
+class StartServer(Protocol):
+    """The C{start_server} fixture: start a server with these options.
+
+    Without a C{--port} option it listens on a free loopback TCP port;
+    C{prefix} goes before C{twistd} (such as C{["prlimit", "--nofile=64:64"]}).
+    """
+
+    def __call__(self, *args: str, prefix: list[str] | None = None
+                 ) -> ServerProcess: ...
 
 
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+def start_server(tmp_path: Path) -> Iterator[StartServer]:
     """Start ``twistd -n presence`` on a free loopback port with extra options."""
     servers: list[ServerProcess] = []
 
@@ -38,6 +50,6 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 
 
 @pytest.fixture
-def server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
+def server(start_server: StartServer) -> ServerProcess:
     """A server with the default options."""
     return start_server()

@@ -12,14 +12,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess
+from conftest import ServerProcess, StartServer
 from test_tls import Pki, pki, tls_server  # noqa: F401  (fixtures)
 
-StartServer = Callable[..., ServerProcess]
 WAIT = 20.0
 
 

@@ -14,16 +14,13 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Callable
 from typing import Any
 
 import orjson
-from conftest import ServerProcess
+from conftest import StartServer
 from sockets import LineSocket
 
 from presence.wire.errors import ErrorCode
-
-StartServer = Callable[..., ServerProcess]
 
 FUZZERS = 50
 FUZZ_SECONDS = 5.0

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess
+from conftest import ServerProcess, StartServer, twistd
 from sockets import LineSocket
 
 from presence.wire.tokens import make_token
-
-StartServer = Callable[..., ServerProcess]
 
 SECRET = b"e2e-secret-" + b"7" * 40
 
@@ -116,9 +113,8 @@ def test_empty_secret_file_refused(tmp_path: Path) -> None:
     """An empty secret file is a usage error: the server does not start open."""
     empty = tmp_path / "empty"
     empty.write_bytes(b"  \n")
-    exe = Path(sys.executable).with_name("twistd")
     result = subprocess.run(
-        [str(exe), "-n", "--pidfile=", "presence", "--port",
+        [twistd(), "-n", "--pidfile=", "presence", "--port",
          "tcp:0:interface=127.0.0.1", "--secret-file", str(empty)],
         capture_output=True, text=True, timeout=30,
     )

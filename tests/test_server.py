@@ -8,11 +8,10 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, twistd
+from conftest import ServerProcess, StartServer, twistd
 from sockets import Closed, Json, LineSocket, presence_events
 
 
@@ -109,8 +108,7 @@ def test_sigterm(server: ServerProcess) -> None:
     assert "Server Shut Down" in server.log
 
 
-def test_unix_socket(start_server: Callable[..., ServerProcess], tmp_path: Path
-                     ) -> None:
+def test_unix_socket(start_server: StartServer, tmp_path: Path) -> None:
     """--port takes any endpoint string, e.g. a UNIX socket."""
     path = str(tmp_path / "p.sock")
     server = start_server("--port", f"unix:{path}")
@@ -135,7 +133,7 @@ def test_logs_join_and_exit(server: ServerProcess) -> None:
 
 
 @pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit")
-def test_out_of_file_descriptors(start_server: Callable[..., ServerProcess]) -> None:
+def test_out_of_file_descriptors(start_server: StartServer) -> None:
     """With 64 file descriptors, 100 connections: excess are refused, then recovery."""
     server = start_server(prefix=["prlimit", "--nofile=64:64"])
     clients, refused = [], 0
