@@ -12,12 +12,12 @@ from typing import Protocol
 
 import pytest
 
-from presence.bench.server import LaunchedServer, twistd
+from presence.bench.server import LaunchedServer, script, twistd
 
 # A running server: its address, its log lines, and how to stop it.
 ServerProcess = LaunchedServer
 
-__all__ = ["ServerProcess", "StartServer", "twistd"]
+__all__ = ["ServerProcess", "StartServer", "script", "twistd"]
 
 
 class StartServer(Protocol):

@@ -190,6 +190,14 @@ class LineSocket:
         self.close()
 
 
+def free_port() -> int:
+    """A loopback TCP port that nothing listened on a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 def presence_events(messages: list[Json]) -> list[tuple[int, bool]]:
     """The (user_id, online) of each presence event among C{messages}."""
     return [(m["user_id"], m["online"]) for m in messages if m["type"] == "presence"]

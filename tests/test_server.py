@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ServerProcess, StartServer, twistd
-from sockets import Closed, Json, LineSocket, presence_events
+from sockets import Closed, Json, LineSocket, free_port, presence_events
 
 
 def test_plugin_listed() -> None:
@@ -76,12 +76,8 @@ def test_demo_scenario(server: ServerProcess) -> None:
 
 def test_closed_port_refused() -> None:
     """Dialling a port nobody listens on is refused (clients report error 8)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
     with pytest.raises(ConnectionRefusedError):
-        LineSocket("127.0.0.1", port)
+        LineSocket("127.0.0.1", free_port())
 
 
 def test_sigterm(server: ServerProcess) -> None:

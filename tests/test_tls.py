@@ -7,12 +7,11 @@ import ipaddress
 import json
 import ssl
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, StartServer
+from conftest import ServerProcess, StartServer, script
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -177,9 +176,8 @@ def test_plaintext_client_gets_nothing(tls_server: ServerProcess, pki: Pki) -> N
 
 
 def presence_client(*args: str) -> subprocess.CompletedProcess[str]:
-    exe = Path(sys.executable).with_name("presence-client")
-    return subprocess.run([str(exe), *args], capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run([script("presence-client"), *args],
+                          capture_output=True, text=True, timeout=60)
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])

@@ -25,9 +25,15 @@ from presence.bench.loadgen import raise_nofile
 LISTENING = re.compile(r"presence listening on (\S+)")
 
 
+def script(name: str) -> str:
+    """Console script C{name} installed beside this Python (in its virtual
+    environment), else just C{name}, for a search of PATH."""
+    return shutil.which(name, path=os.path.dirname(sys.executable)) or name
+
+
 def twistd() -> str:
-    found = shutil.which("twistd", path=os.path.dirname(sys.executable))
-    return found or "twistd"
+    """The C{twistd} of this Python's environment."""
+    return script("twistd")
 
 
 @dataclass
