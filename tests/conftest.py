@@ -1,6 +1,6 @@
 """End-to-end fixtures: a real ``twistd -n presence`` subprocess per test.
 
-The servers are started by L{presence.bench.server.LaunchedServer}, the
+The servers are started by L{presence.bench.launch.LaunchedServer}, the
 project's one launcher (the bench starts its server under test with it too).
 """
 
@@ -12,7 +12,7 @@ from typing import Protocol
 
 import pytest
 
-from presence.bench.server import LaunchedServer, script, twistd
+from presence.bench.launch import LaunchedServer, script, twistd
 
 # A running server: its address, its log lines, and how to stop it.
 ServerProcess = LaunchedServer

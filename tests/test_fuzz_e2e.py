@@ -31,6 +31,10 @@ A, B, C = 1, 2, 3
 
 
 class Stats:
+    """What the fuzzing connections sent and got back, for the assertions:
+    error codes received by count, and in C{bad} every server line that was
+    not a valid message."""
+
     def __init__(self) -> None:
         self.sent = 0
         self.connections = 0

@@ -21,6 +21,9 @@ from sockets import LineSocket
 
 @dataclass
 class Pki:
+    """The files of a test PKI: a CA, an unrelated CA, and a server key and
+    certificate that the first CA signs (PEM)."""
+
     ca: Path
     other_ca: Path
     key: Path
