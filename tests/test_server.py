@@ -22,6 +22,19 @@ def test_plugin_listed() -> None:
     assert "presence" in out.split("Commands:")[1]
 
 
+def test_start_failure_reported(tmp_path: Path) -> None:
+    """A server that exits instead of listening is reported at once, with the
+    command and the end of its log (the launcher does not wait 30 s)."""
+    started = time.monotonic()
+    with pytest.raises(RuntimeError) as raised:
+        ServerProcess(["--no-such-option"], cwd=tmp_path)
+    assert time.monotonic() - started < 20
+    message = str(raised.value)
+    assert message.startswith("server did not start (")
+    assert "--no-such-option" in message.splitlines()[0]
+    assert "no-such-option" in "\n".join(message.splitlines()[1:])
+
+
 def test_demo_scenario(server: ServerProcess) -> None:
     """The original demo's run, with its counts, but told at once, not polled.
 
