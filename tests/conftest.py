@@ -1,95 +1,38 @@
-"""End-to-end fixtures: a real ``twistd -n presence`` subprocess per test."""
+"""End-to-end fixtures: a real ``twistd -n presence`` subprocess per test.
+
+The servers are started by L{presence.bench.launch.LaunchedServer}, the
+project's one launcher (the bench starts its server under test with it too).
+"""
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import signal
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
-LISTENING = re.compile(r"presence listening on (\S+)")
+from presence.bench.launch import LaunchedServer, script, twistd
+
+# A running server: its address, its log lines, and how to stop it.
+ServerProcess = LaunchedServer
+
+__all__ = ["ServerProcess", "StartServer", "script", "twistd"]
 
 
-def twistd() -> str:
-    found = shutil.which("twistd", path=os.path.dirname(sys.executable))
-    return found or "twistd"
+class StartServer(Protocol):
+    """The C{start_server} fixture: start a server with these options.
 
+    Without a C{--port} option it listens on a free loopback TCP port;
+    C{prefix} goes before C{twistd} (such as C{["prlimit", "--nofile=64:64"]}).
+    """
 
-class ServerProcess:
-    """A running server: its address, its log lines, and how to stop it."""
-
-    def __init__(self, args: list[str], cwd: Path, prefix: list[str] | None = None):
-        self.args = args
-        cmd = [*(prefix or []), twistd(), "-n", "--pidfile=", "presence", *args]
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._listening = threading.Event()
-        self.address = ""
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        if not self._listening.wait(30):
-            self.stop()
-            raise RuntimeError("server did not start:\n" + self.log)
-        # "tcp:127.0.0.1:PORT" or "unix:/path"
-        self.host, self.port = "127.0.0.1", 0
-        if self.address.startswith(("tcp:", "ssl:")):
-            _, host, port = self.address.rsplit(":", 2)
-            self.host, self.port = host, int(port)
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-            m = LISTENING.search(line)
-            if m and not self._listening.is_set():
-                self.address = m.group(1)
-                self._listening.set()
-
-    @property
-    def log(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_for_log(self, pattern: str, timeout: float = 10) -> str:
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if regex.search(line):
-                    return line
-            time.sleep(0.02)
-        raise AssertionError(f"no log line matching {pattern!r}:\n{self.log}")
-
-    def endpoint(self) -> str:
-        return f"tcp:{self.host}:{self.port}"
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(5)
-        return self.proc.returncode
+    def __call__(self, *args: str, prefix: list[str] | None = None
+                 ) -> ServerProcess: ...
 
 
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+def start_server(tmp_path: Path) -> Iterator[StartServer]:
     """Start ``twistd -n presence`` on a free loopback port with extra options."""
     servers: list[ServerProcess] = []
 
@@ -97,7 +40,7 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         argv = list(args)
         if not any(a == "--port" or a.startswith("--port=") for a in argv):
             argv = ["--port", "tcp:0:interface=127.0.0.1", *argv]
-        server = ServerProcess(argv, tmp_path, prefix)
+        server = ServerProcess(argv, cwd=tmp_path, prefix=prefix)
         servers.append(server)
         return server
 
@@ -107,6 +50,6 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 
 
 @pytest.fixture
-def server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
+def server(start_server: StartServer) -> ServerProcess:
     """A server with the default options."""
     return start_server()

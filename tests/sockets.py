@@ -118,6 +118,20 @@ class LineSocket:
             except (TimeoutError, Closed):
                 return messages
 
+    def collect(self, seconds: float) -> list[Json]:
+        """Every line in the next C{seconds}, or until the connection ends.
+
+        (The original demo's clients "stay for" a time and count what came.)
+        """
+        deadline = time.monotonic() + seconds
+        messages: list[Json] = []
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                messages.append(self.recv(left))
+            except (TimeoutError, Closed):
+                break
+        return messages
+
     def expect_error(self, code: int, timeout: float | None = None) -> Json:
         """The next line is error C{code}; then the server closes the connection."""
         message = self.recv(timeout)
@@ -163,6 +177,7 @@ class LineSocket:
         return before
 
     def close(self) -> None:
+        """Close the socket; closing twice, or a broken one, is harmless."""
         try:
             self.sock.close()
         except OSError:
@@ -173,6 +188,19 @@ class LineSocket:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def free_port() -> int:
+    """A loopback TCP port that nothing listened on a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def presence_events(messages: list[Json]) -> list[tuple[int, bool]]:
+    """The (user_id, online) of each presence event among C{messages}."""
+    return [(m["user_id"], m["online"]) for m in messages if m["type"] == "presence"]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0,

@@ -2,37 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import queue
 import re
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess
+from conftest import ServerProcess, StartServer, script
+from sockets import free_port
 from test_tls import Pki, pki, tls_server  # noqa: F401  (fixtures)
 
-StartServer = Callable[..., ServerProcess]
 WAIT = 20.0
-
-
-def presence_client() -> str:
-    found = shutil.which("presence-client", path=os.path.dirname(sys.executable))
-    return found or "presence-client"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Client:
@@ -40,7 +24,7 @@ class Client:
 
     def __init__(self, server: str, *args: str, stdin: int = subprocess.DEVNULL):
         self.proc = subprocess.Popen(
-            [presence_client(), "--server", server, *args],
+            [script("presence-client"), "--server", server, *args],
             stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -12,14 +12,12 @@ import resource
 import selectors
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import orjson
 import pytest
-from conftest import ServerProcess
+from conftest import StartServer
 from sockets import LineSocket
-
-StartServer = Callable[..., ServerProcess]
 
 FLOOD = 1000
 TIMEOUT = 2

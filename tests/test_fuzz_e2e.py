@@ -14,16 +14,13 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Callable
 from typing import Any
 
 import orjson
-from conftest import ServerProcess
+from conftest import StartServer
 from sockets import LineSocket
 
 from presence.wire.errors import ErrorCode
-
-StartServer = Callable[..., ServerProcess]
 
 FUZZERS = 50
 FUZZ_SECONDS = 5.0
@@ -34,6 +31,10 @@ A, B, C = 1, 2, 3
 
 
 class Stats:
+    """What the fuzzing connections sent and got back, for the assertions:
+    error codes received by count, and in C{bad} every server line that was
+    not a valid message."""
+
     def __init__(self) -> None:
         self.sent = 0
         self.connections = 0

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
 from typing import Any
 
 import orjson
-from conftest import ServerProcess
+from conftest import ServerProcess, StartServer
 from sockets import Closed, LineSocket, wait_until
-
-StartServer = Callable[..., ServerProcess]
 
 
 def login_ok(server: ServerProcess, uid: int, friends: list[int] | None = None,

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess
+from conftest import ServerProcess, StartServer, script, twistd
 from sockets import LineSocket
 
 from presence.wire.tokens import make_token
-
-StartServer = Callable[..., ServerProcess]
 
 SECRET = b"e2e-secret-" + b"7" * 40
 
@@ -33,9 +29,8 @@ def secure(start_server: StartServer, secret_file: Path) -> ServerProcess:
 
 def token_cli(secret_file: Path, *args: str) -> str:
     """A token printed by the presence-token console script."""
-    exe = Path(sys.executable).with_name("presence-token")
     out = subprocess.run(
-        [str(exe), "--secret-file", str(secret_file), *args],
+        [script("presence-token"), "--secret-file", str(secret_file), *args],
         check=True, capture_output=True, text=True, timeout=30,
     )
     return out.stdout.strip()
@@ -116,9 +111,8 @@ def test_empty_secret_file_refused(tmp_path: Path) -> None:
     """An empty secret file is a usage error: the server does not start open."""
     empty = tmp_path / "empty"
     empty.write_bytes(b"  \n")
-    exe = Path(sys.executable).with_name("twistd")
     result = subprocess.run(
-        [str(exe), "-n", "--pidfile=", "presence", "--port",
+        [twistd(), "-n", "--pidfile=", "presence", "--port",
          "tcp:0:interface=127.0.0.1", "--secret-file", str(empty)],
         capture_output=True, text=True, timeout=30,
     )
@@ -129,17 +123,17 @@ def test_empty_secret_file_refused(tmp_path: Path) -> None:
 def test_cli_with_token(secure: ServerProcess, secret_file: Path) -> None:
     """presence-client logs in with a presence-token token, and exits with
     code 10 when the token is refused."""
-    exe = Path(sys.executable).with_name("presence-client")
+    exe = script("presence-client")
     server = f"tcp:{secure.host}:{secure.port}"
     good = subprocess.run(
-        [str(exe), "--server", server, "--user", "1", "--for", "0.5", "--json",
+        [exe, "--server", server, "--user", "1", "--for", "0.5", "--json",
          "--token", token_cli(secret_file, "--user", "1")],
         capture_output=True, text=True, timeout=60,
     )
     assert good.returncode == 0, good.stderr
     assert '"welcome"' in good.stdout
     bad = subprocess.run(
-        [str(exe), "--server", server, "--user", "1", "--for", "5",
+        [exe, "--server", server, "--user", "1", "--for", "5",
          "--token", token_cli(secret_file, "--user", "2")],
         capture_output=True, text=True, timeout=60,
     )

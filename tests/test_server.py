@@ -8,12 +8,11 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, twistd
-from wireclient import WireClient, presence_events
+from conftest import ServerProcess, StartServer, twistd
+from sockets import Closed, Json, LineSocket, free_port, presence_events
 
 
 def test_plugin_listed() -> None:
@@ -21,6 +20,19 @@ def test_plugin_listed() -> None:
     out = subprocess.run([twistd(), "--help"], capture_output=True, text=True,
                          cwd="/", check=True).stdout
     assert "presence" in out.split("Commands:")[1]
+
+
+def test_start_failure_reported(tmp_path: Path) -> None:
+    """A server that exits instead of listening is reported at once, with the
+    command and the end of its log (the launcher does not wait 30 s)."""
+    started = time.monotonic()
+    with pytest.raises(RuntimeError) as raised:
+        ServerProcess(["--no-such-option"], cwd=tmp_path)
+    assert time.monotonic() - started < 20
+    message = str(raised.value)
+    assert message.startswith("server did not start (")
+    assert "--no-such-option" in message.splitlines()[0]
+    assert "no-such-option" in "\n".join(message.splitlines()[1:])
 
 
 def test_demo_scenario(server: ServerProcess) -> None:
@@ -35,7 +47,7 @@ def test_demo_scenario(server: ServerProcess) -> None:
     start = time.monotonic()
 
     def user1() -> None:
-        c = WireClient(server.host, server.port)
+        c = LineSocket(server.host, server.port)
         assert c.login(1, [2, 3, 4])["type"] == "welcome"
         results["user1"] = c.collect(5 - (time.monotonic() - start))
         c.send({"type": "bye"})
@@ -44,25 +56,25 @@ def test_demo_scenario(server: ServerProcess) -> None:
     t1 = threading.Thread(target=user1)
     t1.start()
     time.sleep(0.3)
-    two = WireClient(server.host, server.port)
+    two = LineSocket(server.host, server.port)
     two.login(2, [1, 3, 4])
     results["user2"] = two.collect(1.0)
     two.close()
     server.wait_for_log(r"user 2 exits")
 
-    watcher = WireClient(server.host, server.port)
+    watcher = LineSocket(server.host, server.port)
     watcher.login(6, [5])
-    five = WireClient(server.host, server.port)
+    five = LineSocket(server.host, server.port)
     five.send({"user_id": 5, "friends": [2, 3, 4, 5]})
-    results["user5"] = [m for m in iter(five.recv, None)]
+    results["user5"] = five.expect_closed()
     five.close()
 
-    three = WireClient(server.host, server.port)
+    three = LineSocket(server.host, server.port)
     three.login(3, [1, 4])
     results["user3"] = three.collect(2.0)
     three.close()
     t1.join(15)
-    results["watcher of 5"] = watcher.drain(quiet=0.3)
+    results["watcher of 5"] = watcher.recv_all(quiet=0.3)
 
     one = presence_events(results["user1"])
     assert sum(online for _, online in one) == 2, results["user1"]
@@ -77,30 +89,25 @@ def test_demo_scenario(server: ServerProcess) -> None:
 
 def test_closed_port_refused() -> None:
     """Dialling a port nobody listens on is refused (clients report error 8)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
     with pytest.raises(ConnectionRefusedError):
-        WireClient("127.0.0.1", port)
+        LineSocket("127.0.0.1", free_port())
 
 
 def test_sigterm(server: ServerProcess) -> None:
     """On SIGTERM each client gets error 15 and the process exits cleanly in 5 s."""
-    a, b = WireClient(server.host, server.port), WireClient(server.host, server.port)
+    a, b = LineSocket(server.host, server.port), LineSocket(server.host, server.port)
     a.login(1, [2])
     b.login(2, [1])
-    assert presence_events(b.recv_until(lambda m: m["type"] == "presence")) == [
-        (1, True)]
-    assert presence_events(a.recv_until(lambda m: m["type"] == "presence")) == [
-        (2, True)]
+    for c, friend in ((b, 1), (a, 2)):
+        event, before = c.recv_until(lambda m: m["type"] == "presence")
+        assert presence_events([*before, event]) == [(friend, True)]
     started = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
     for c in (a, b):
-        messages = c.recv_until(lambda m: m["type"] == "error")
-        assert messages[-1]["error"] == 15, messages
-        assert all(m["type"] != "presence" or m["user_id"] != 2 for m in messages[:-1])
-        assert c.recv() is None
+        error, before = c.recv_until(lambda m: m["type"] == "error")
+        assert error["error"] == 15, (before, error)
+        assert all(m["type"] != "presence" or m["user_id"] != 2 for m in before)
+        assert c.expect_closed() == []
     # twistd ends by re-raising the signal that stopped it (supervisors such as
     # systemd count that as a clean stop); what matters is the orderly shutdown.
     assert server.proc.wait(5) in (0, -signal.SIGTERM)
@@ -110,8 +117,7 @@ def test_sigterm(server: ServerProcess) -> None:
     assert "Server Shut Down" in server.log
 
 
-def test_unix_socket(start_server: Callable[..., ServerProcess], tmp_path: Path
-                     ) -> None:
+def test_unix_socket(start_server: StartServer, tmp_path: Path) -> None:
     """--port takes any endpoint string, e.g. a UNIX socket."""
     path = str(tmp_path / "p.sock")
     server = start_server("--port", f"unix:{path}")
@@ -125,7 +131,7 @@ def test_unix_socket(start_server: Callable[..., ServerProcess], tmp_path: Path
 
 def test_logs_join_and_exit(server: ServerProcess) -> None:
     """The log has a line per join and per exit with the reason."""
-    a, b = WireClient(server.host, server.port), WireClient(server.host, server.port)
+    a, b = LineSocket(server.host, server.port), LineSocket(server.host, server.port)
     a.login(1, [])
     b.login(1, [])
     server.wait_for_log(r"user 1 joins \(2 sessions\)")
@@ -136,18 +142,20 @@ def test_logs_join_and_exit(server: ServerProcess) -> None:
 
 
 @pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit")
-def test_out_of_file_descriptors(start_server: Callable[..., ServerProcess]) -> None:
+def test_out_of_file_descriptors(start_server: StartServer) -> None:
     """With 64 file descriptors, 100 connections: excess are refused, then recovery."""
     server = start_server(prefix=["prlimit", "--nofile=64:64"])
     clients, refused = [], 0
     for i in range(100):
         try:
-            c = WireClient(server.host, server.port, timeout=5)
+            c = LineSocket(server.host, server.port, timeout=5)
             c.send({"user_id": i + 1, "friends": []})
-            message = c.recv()
+            message: Json | None = c.recv()
         except OSError:
             refused += 1
             continue
+        except Closed:
+            message = None
         if message and message["type"] == "welcome":
             clients.append(c)
         else:
@@ -158,5 +166,5 @@ def test_out_of_file_descriptors(start_server: Callable[..., ServerProcess]) -> 
     for c in clients:
         c.close()
     server.wait_for_log(r"exits: .*\(0 sessions left\)")
-    fresh = WireClient(server.host, server.port)
+    fresh = LineSocket(server.host, server.port)
     assert fresh.login(1000, [])["type"] == "welcome"

@@ -9,12 +9,9 @@ bytes more, or holds a paused client for at most --timeout seconds.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
-from conftest import ServerProcess
+from conftest import ServerProcess, StartServer
 from sockets import Json, LineSocket, rss_kib
-
-StartServer = Callable[..., ServerProcess]
 
 TALKER, SLOW, WATCHER = 100, 1, 2
 TEXT = 248  # "%08d" + 248 characters: 256, the longest text allowed

@@ -7,24 +7,23 @@ import ipaddress
 import json
 import ssl
 import subprocess
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess
+from conftest import ServerProcess, StartServer, script
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sockets import LineSocket
 
-StartServer = Callable[..., ServerProcess]
-
 
 @dataclass
 class Pki:
+    """The files of a test PKI: a CA, an unrelated CA, and a server key and
+    certificate that the first CA signs (PEM)."""
+
     ca: Path
     other_ca: Path
     key: Path
@@ -180,9 +179,8 @@ def test_plaintext_client_gets_nothing(tls_server: ServerProcess, pki: Pki) -> N
 
 
 def presence_client(*args: str) -> subprocess.CompletedProcess[str]:
-    exe = Path(sys.executable).with_name("presence-client")
-    return subprocess.run([str(exe), *args], capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run([script("presence-client"), *args],
+                          capture_output=True, text=True, timeout=60)
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])

@@ -114,6 +114,14 @@ class Conn:
 
 
 class Worker:
+    """One load-generator process: its share of the users' connections.
+
+    It runs an C{epoll} loop over their sockets, answers the server's pings,
+    and carries out the controller's commands (log in, change statuses at a
+    rate, churn), counting deliveries and latencies in the shared counters
+    and its own arrays for the controller to collect.
+    """
+
     def __init__(
         self,
         index: int,

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from presence.bench import loadgen
 from presence.bench.graph import friend_graph
+from presence.bench.launch import LaunchedServer
 from presence.bench.loadgen import (
     C_BUSY,
     C_COMPLETE,
@@ -39,7 +40,7 @@ from presence.bench.loadgen import (
     C_WELCOMED,
     NCOUNTERS,
 )
-from presence.bench.server import LaunchedServer, Probe, Sample, find_listener
+from presence.bench.server import Probe, Sample, find_listener
 
 SATURATED_BUSY = 0.90  # a worker busy this fraction of the time is saturated
 CONTENDED = 0.15  # other processes using this many cores disturb the figures
@@ -81,6 +82,12 @@ def cpus_busy() -> list[float]:
 
 @dataclass
 class Options:
+    """What one bench run does: the C{presence-bench} options, parsed.
+
+    See C{presence-bench --help} for each field; C{server} is a running
+    server's (host, port), or None to start one.
+    """
+
     users: int = 1000
     friends: int = 20
     seed: int = 1
@@ -128,6 +135,13 @@ def percentiles(samples: array[float]) -> dict[str, Any]:
 
 
 class Bench:
+    """The controller of a bench run.
+
+    It starts (or finds) the server and its probe, spawns the load-generator
+    workers, drives them through the phases (login, hold, fan-out at each
+    rate, churn), and gathers the figures of each into C{results}.
+    """
+
     def __init__(self, opts: Options) -> None:
         self.opts = opts
         self.server: LaunchedServer | None = None
@@ -301,7 +315,7 @@ class Bench:
                 "--max-per-ip", str(o.users + 200),
                 *o.server_args,
             ]
-            self.server = LaunchedServer(
+            self.server = LaunchedServer.for_bench(
                 options, log_path=o.server_log, cpus=self.server_cpus or None
             )
             host, port, pid = self.server.host, self.server.port, self.server.pid

@@ -518,6 +518,8 @@ def _friend(msg: wire.Json) -> Friend | None:
 
 
 class _ConnectionFactory(Factory):
+    """Builds each connection of a L{Session}, on its clock and login timeout."""
+
     noisy = False
 
     def __init__(self, session: Session) -> None:

@@ -20,18 +20,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from presence import wire
-from presence.wire.errors import ErrorCode, ProtocolError
-
-# After login these errors answer one request and leave the session open
-# (PROTOCOL.md, "Errors"); every other error is followed by the server closing.
-NON_FATAL_AFTER_LOGIN = frozenset(
-    {
-        ErrorCode.INVALID_USER_ID,
-        ErrorCode.FRIEND_WITH_YOURSELF,
-        ErrorCode.TOO_MANY_FRIENDS,
-        ErrorCode.INVALID_MESSAGE,
-    }
-)
+from presence.wire.errors import NOT_FATAL_AFTER_LOGIN, ErrorCode, ProtocolError
 
 CLIENT_PING = wire.client_message("ping")
 CLIENT_PONG = wire.client_message("pong")
@@ -254,7 +243,7 @@ class ClientConnection(LineReceiver):
 
     def _on_error(self, msg: wire.Json) -> None:
         error = PresenceError.from_server(msg)
-        if self.timeout is not None and error.code in NON_FATAL_AFTER_LOGIN:
+        if self.timeout is not None and error.code in NOT_FATAL_AFTER_LOGIN:
             # Responses come in order, so the error answers the oldest
             # request still waiting; its pong will follow and find it done.
             for done in self._pending:

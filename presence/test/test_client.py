@@ -24,6 +24,9 @@ from presence.wire.errors import ErrorCode
 
 
 class ClientTestCase(SynchronousTestCase):
+    """A session on a fake endpoint and a fake clock, with its events recorded;
+    L{Peer} plays the server."""
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1_764_000_000)
@@ -50,6 +53,9 @@ class ClientTestCase(SynchronousTestCase):
 
 
 class LoginTests(ClientTestCase):
+    """What the client sends to log in, and how the first connect ends:
+    welcome, error, refusal, silence or cancel."""
+
     def test_seed_compatible_login(self):
         """Without token or status the login is exactly the demo's line."""
         self.start()
@@ -146,6 +152,9 @@ class LoginTests(ClientTestCase):
 
 
 class ViewTests(ClientTestCase):
+    """The session's view of its friends, kept from the snapshot and events,
+    and the observers of lines and events."""
+
     def test_view_starts_with_every_friend_offline(self):
         """Before any event each watched friend is known and offline."""
         session, _ = self.logged_in()
@@ -208,6 +217,9 @@ class ViewTests(ClientTestCase):
 
 
 class KeepaliveTests(ClientTestCase):
+    """Pings both ways: answering the server's, sending its own when quiet,
+    and dropping a server that stays silent."""
+
     def test_answers_server_ping(self):
         """A server ping is answered with a pong."""
         _, peer = self.logged_in()
@@ -262,6 +274,9 @@ class KeepaliveTests(ClientTestCase):
 
 
 class RequestTests(ClientTestCase):
+    """Status and friends requests: confirmed by the pong that follows them,
+    or refused by an error that answers them in order."""
+
     def test_status_confirmed_by_pong(self):
         """set_status sends the status and a ping; the pong confirms it and
         only then is the session's status updated."""
@@ -382,6 +397,8 @@ class RequestTests(ClientTestCase):
 
 
 class EndingTests(ClientTestCase):
+    """How a session ends: bye, a fatal error, or a lost connection."""
+
     def test_bye(self):
         """bye sends bye and closes; its Deferred fires once the connection
         is gone, and when_closed fires with None."""
@@ -430,6 +447,9 @@ def fixed_backoff():
 
 
 class ReconnectTests(ClientTestCase):
+    """With reconnect=True: backoff between attempts, a new login with the
+    same watch list and status after each, and what stops reconnecting."""
+
     def start_reconnecting(self, **kwargs) -> Deferred[Session]:
         return self.start(reconnect=True, retry_policy=fixed_backoff(), **kwargs)
 
@@ -618,6 +638,8 @@ class ReconnectTests(ClientTestCase):
 
 
 class ByeTests(ClientTestCase):
+    """bye while requests are in flight or the session is leaving."""
+
     def test_bye_waits_for_requests_in_flight(self):
         """bye after a request sends bye only once the request is answered,
         so the request's Deferred reports the server's verdict."""

@@ -67,6 +67,8 @@ class Events:
 
 
 class LoopbackTests(TestCase):
+    """The client library against a real server over loopback TCP."""
+
     timeout = 30
 
     async def start_server(self, port: int = 0) -> int:

@@ -6,6 +6,11 @@ import enum
 
 
 class ErrorCode(enum.IntEnum):
+    """A protocol error code, as sent in an error's C{error} field.
+
+    L{wording} is the fixed text that starts its C{msg} (PROTOCOL.md, "Errors").
+    """
+
     # 0..8 keep the original demo's numbers and wording: its clients match on them.
     NO_ERROR = 0
     CLIENT_TIMEOUT = 1
@@ -49,6 +54,23 @@ _WORDING = {
     ErrorCode.SERVER_SHUTTING_DOWN: "Server shutting down",
     ErrorCode.TOO_MANY_CONNECTIONS: "Too many connections",
 }
+
+
+NOT_FATAL_AFTER_LOGIN: frozenset[ErrorCode] = frozenset(
+    {
+        ErrorCode.INVALID_USER_ID,
+        ErrorCode.FRIEND_WITH_YOURSELF,
+        ErrorCode.TOO_MANY_FRIENDS,
+        ErrorCode.INVALID_MESSAGE,
+    }
+)
+"""The errors that, after login, answer one request and leave the session open.
+
+The server sends them without closing; a client takes them as the answer to
+its oldest request still waiting. Every other error (and every error in a
+login) is fatal: the server closes the connection after it (PROTOCOL.md,
+"Errors").
+"""
 
 
 class ProtocolError(Exception):
