@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import resource
 import socket
-from collections.abc import Callable
 
 import orjson
-from conftest import ServerProcess
+from conftest import ServerProcess, StartServer
 from sockets import LineSocket
 
 WATCHERS = 500
@@ -60,7 +59,7 @@ class RawWatcher:
 
 
 def test_burst_does_not_hold_the_server(
-    start_server: Callable[..., ServerProcess],
+    start_server: StartServer,
 ) -> None:
     """A bystander's ping is answered before most of a 1,000-change burst to
     500 watchers has gone out; all watchers get all changes in order."""

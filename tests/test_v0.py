@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import ServerProcess
+from conftest import ServerProcess, StartServer
 from democlient import DemoResult, marshal_login, tcp_client
 from sockets import LineSocket
 
@@ -186,7 +186,7 @@ def test_v0_friends_replaced(server: ServerProcess) -> None:
     v1.close()
 
 
-def test_v0_queue_overflow(start_server: Callable[..., ServerProcess]) -> None:
+def test_v0_queue_overflow(start_server: StartServer) -> None:
     """More than --max-buffer bytes of events waiting for a v0 client that
     does not ask: error 14, then the server closes the connection."""
     server = start_server("--max-buffer", "64")  # four events fit, not five
@@ -210,7 +210,7 @@ def test_v0_queue_overflow(start_server: Callable[..., ServerProcess]) -> None:
     observer.close()
 
 
-def test_v0_demo_client_overflow(start_server: Callable[..., ServerProcess]) -> None:
+def test_v0_demo_client_overflow(start_server: StartServer) -> None:
     """The demo client itself ends with error 14 when more events arrive
     between two of its rounds than --max-buffer holds."""
     server = start_server("--max-buffer", "64")

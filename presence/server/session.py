@@ -27,18 +27,8 @@ from presence.core.interfaces import ISession
 from presence.core.registry import IdList, id_list
 from presence.server.context import Server
 from presence.server.v0 import V0Replies
-from presence.wire.errors import ErrorCode, ProtocolError
+from presence.wire.errors import NOT_FATAL_AFTER_LOGIN, ErrorCode, ProtocolError
 from presence.wire.messages import Bye, Friends, Login, Message, Ping, Status, parse
-
-# Errors after login that leave the session open (PROTOCOL.md, "fatal").
-NOT_FATAL_AFTER_LOGIN = frozenset(
-    {
-        ErrorCode.INVALID_USER_ID,
-        ErrorCode.FRIEND_WITH_YOURSELF,
-        ErrorCode.TOO_MANY_FRIENDS,
-        ErrorCode.INVALID_MESSAGE,
-    }
-)
 
 EXIT_REASONS = {
     ErrorCode.CLIENT_TIMEOUT: "client timeout",
