@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import math
 import resource
-from typing import Any
 
 from twisted.application.service import IService
 from twisted.internet import endpoints
@@ -21,22 +21,41 @@ log = Logger()
 FD_RESERVE = 16
 
 
-def _positive(kind: type) -> Any:
-    def convert(value: str) -> Any:
-        number = kind(value)
-        if number <= 0:
-            raise ValueError(f"{value} is not positive")
-        return number
+# Numeric options: their type, and whether 0 means something (no grace, exact
+# timers) or nothing (a zero timeout or limit would refuse everyone).
+NUMBERS: dict[str, tuple[type[int] | type[float], bool]] = {
+    "timeout": (float, False),
+    "offline-grace": (float, True),
+    "timer-slack": (float, True),
+    "max-line": (int, False),
+    "max-friends": (int, False),
+    "max-connections": (int, False),
+    "max-per-ip": (int, False),
+    "max-sessions": (int, False),
+    "max-buffer": (int, False),
+}
 
-    convert.__name__ = kind.__name__
-    return convert
 
+def number(name: str, value: object) -> int | float:
+    """C{value} of option C{--name} as its number, or a UsageError saying why.
 
-def _non_negative(value: str) -> float:
-    number = float(value)
-    if number < 0:
-        raise ValueError(f"{value} is negative")
-    return number
+    Refused: what does not parse, NaN and infinities (``--timeout nan`` used
+    to be accepted and welcomed clients with ``"timeout":null``), negatives,
+    and 0 where 0 means nothing.
+    """
+    kind, zero_ok = NUMBERS[name]
+    text = str(value).strip()
+    what = "a whole number" if kind is int else "a number"
+    try:
+        parsed: int | float = kind(text)
+    except ValueError:
+        raise usage.UsageError(f"--{name} must be {what}, not {text!r}") from None
+    if not math.isfinite(parsed):
+        raise usage.UsageError(f"--{name} must be a finite number, not {text!r}")
+    if parsed < 0 or (parsed == 0 and not zero_ok):
+        least = "0 or more" if zero_ok else "more than 0"
+        raise usage.UsageError(f"--{name} must be {least}, not {text!r}")
+    return parsed
 
 
 class Options(usage.Options):
@@ -50,28 +69,24 @@ class Options(usage.Options):
          "(tcp:PORT, ssl:PORT:privateKey=KEY:certKey=CERT, unix:PATH, ...)."],
         ["timeout", "t", 15.0,
          "Seconds of silence before a client is dropped (error 1); the server "
-         "pings after half of it. Also the login timeout.", _positive(float)],
+         "pings after half of it. Also the login timeout."],
         ["offline-grace", None, 0.0,
          "Seconds a user whose last session ended stays online for others, in "
-         "case it comes back.", _non_negative],
+         "case it comes back."],
         ["visibility", None, "open",
          "open: a watcher sees whom it lists; mutual: only those who list it too."],
-        ["max-line", None, MIB, "Longest line accepted, in bytes (error 9).",
-         _positive(int)],
-        ["max-friends", None, 10_000, "Most ids in a watch list (error 11).",
-         _positive(int)],
-        ["max-connections", None, 20_000, "Most connections at once (error 16).",
-         _positive(int)],
+        ["max-line", None, MIB, "Longest line accepted, in bytes (error 9)."],
+        ["max-friends", None, 10_000, "Most ids in a watch list (error 11)."],
+        ["max-connections", None, 20_000, "Most connections at once (error 16)."],
         ["max-per-ip", None, 1_000,
-         "Most connections from one source address (error 16).", _positive(int)],
-        ["max-sessions", None, 32, "Most sessions of one user (error 16).",
-         _positive(int)],
+         "Most connections from one source address (error 16)."],
+        ["max-sessions", None, 32, "Most sessions of one user (error 16)."],
         ["max-buffer", None, MIB,
          "Most bytes queued for a client that does not read before it is cut "
-         "off (error 14).", _positive(int)],
+         "off (error 14)."],
         ["timer-slack", None, 0.25,
          "Seconds a ping or timeout may come late, so that one wakeup serves "
-         "many idle connections.", _non_negative],
+         "many idle connections."],
         ["secret-file", None, None,
          "File holding the HMAC secret; logins must then carry a JWT (HS256)."],
     ]
@@ -93,6 +108,8 @@ class Options(usage.Options):
         return description
 
     def postOptions(self) -> None:
+        for name in NUMBERS:
+            self[name] = number(name, self[name])
         if self["visibility"] not in ("open", "mutual"):
             raise usage.UsageError("--visibility must be open or mutual")
         if self["secret-file"] is not None:

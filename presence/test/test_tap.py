@@ -64,6 +64,35 @@ class OptionsTests(SynchronousTestCase):
                      ("--secret-file", "/nonexistent/secret")):
             self.assertRaises(usage.UsageError, self.parse, *args)
 
+    def test_numbers_refused_with_the_option_named(self) -> None:
+        """NaN, infinities, negatives, zero where zero means nothing, and
+        non-numbers are refused for every numeric option, naming the option."""
+        positive = ["timeout", "max-line", "max-friends", "max-connections",
+                    "max-per-ip", "max-sessions", "max-buffer"]
+        non_negative = ["offline-grace", "timer-slack"]
+        for name in positive + non_negative:
+            bad = ["nan", "NaN", "inf", "-inf", "Infinity", "1e999", "-1", "-0.5",
+                   "x", "", "1,5"]
+            if name in positive:
+                bad += ["0", "0.0", "-0"]
+            for value in bad:
+                with self.assertRaises(usage.UsageError, msg=(name, value)) as e:
+                    self.parse(f"--{name}", value)
+                self.assertIn(f"--{name}", str(e.exception))
+
+    def test_integers_are_whole(self) -> None:
+        """Byte and count limits take whole numbers only."""
+        for name in ("max-line", "max-friends", "max-connections", "max-per-ip",
+                     "max-sessions", "max-buffer"):
+            for value in ("1.5", "1e3"):
+                self.assertRaises(usage.UsageError, self.parse, f"--{name}", value)
+
+    def test_zero_where_it_means_something(self) -> None:
+        """0 is a valid --offline-grace (none) and --timer-slack (exact timers)."""
+        options = self.parse("--offline-grace", "0", "--timer-slack", "0")
+        self.assertEqual(options.config().offline_grace, 0)
+        self.assertEqual(options.config().timer_slack, 0)
+
     def test_secret_file(self) -> None:
         """--secret-file reads the secret, surrounding whitespace stripped."""
         path = self.mktemp()
