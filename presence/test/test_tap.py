@@ -7,7 +7,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from presence.server.factory import Config
 from presence.server.service import PresenceService
-from presence.server.tap import Options, makeService
+from presence.server.tap import Options, makeService, with_backlog
 
 
 class OptionsTests(SynchronousTestCase):
@@ -36,13 +36,24 @@ class OptionsTests(SynchronousTestCase):
     def test_backlog(self) -> None:
         """A listen backlog of 1024 is added unless the endpoint names one."""
         for given, used in (
-            ("8081", "tcp:8081:backlog=1024"),
+            ("tcp:8081", "tcp:8081:backlog=1024"),
             ("tcp:8081:interface=::1", "tcp:8081:interface=::1:backlog=1024"),
             ("unix:/tmp/s", "unix:/tmp/s:backlog=1024"),
             ("tcp:8081:backlog=7", "tcp:8081:backlog=7"),
             ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
         ):
-            self.assertEqual(self.parse("--port", given).endpoint_description, used)
+            self.assertEqual(with_backlog(given), used)
+        self.assertEqual(self.parse("--port", "8081").endpoint_description,
+                         "tcp:8081:backlog=1024")
+
+    def test_bad_endpoint(self) -> None:
+        """An endpoint string Twisted cannot use is a usage error naming
+        --port, not a traceback at start."""
+        for bad in ("nonsense:1", "tcp:x", "tcp:8081:interface=::1",
+                    "ssl:8443:privateKey=/nonexistent.pem"):
+            with self.assertRaises(usage.UsageError) as e:
+                self.parse("--port", bad)
+            self.assertIn(f"--port {bad}", str(e.exception))
 
     def test_all_options(self) -> None:
         """Every option reaches the configuration."""
