@@ -33,7 +33,8 @@ class Running:
     """A foreground server (``twistd -n ...``): its output lines, its port."""
 
     def __init__(self, twistd_args: list[str], args: list[str], cwd: Path,
-                 prefix: list[str] | None = None, json_log: bool = False) -> None:
+                 prefix: list[str] | None = None, json_log: bool = False,
+                 listening_in: Path | None = None) -> None:
         self.json_log = json_log
         self.proc = subprocess.Popen(
             [*(prefix or []), *command(["-n", *twistd_args], args)], cwd=cwd,
@@ -44,9 +45,23 @@ class Running:
         self._listening = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        if listening_in is not None:
+            self._watch(listening_in)
         if not self._listening.wait(30):
             self.stop()
             raise RuntimeError("server did not start:\n" + self.log)
+
+    def _watch(self, logfile: Path) -> None:
+        # The log goes to a file: look for the port there.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if logfile.exists():
+                m = LISTENING.search(logfile.read_text())
+                if m:
+                    self.port = int(m.group(2))
+                    self._listening.set()
+                    return
+            time.sleep(0.02)
 
     def _read(self) -> None:
         assert self.proc.stdout is not None

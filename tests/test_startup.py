@@ -198,12 +198,14 @@ def test_readme_command_twice(tmp_path: Path) -> None:
     # Its own port, not 8081: other tests may run at the same time.
     args[args.index("8081")] = ANY_PORT
     first = Running(twistd_args, args, tmp_path)
-    second = Running(twistd_args, args, tmp_path)
     try:
-        assert first.port != second.port
-        assert not (tmp_path / "twistd.pid").exists()
+        second = Running(twistd_args, args, tmp_path)
+        try:
+            assert first.port != second.port
+            assert not (tmp_path / "twistd.pid").exists()
+        finally:
+            second.stop()
     finally:
-        second.stop()
         first.stop()
     third = Running(twistd_args, args, tmp_path)
     third.stop()

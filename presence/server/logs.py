@@ -142,11 +142,16 @@ class RefusalLimiter:
             self.log.info(
                 "{count} more refusals from {hosts} other addresses in the last "
                 "{interval:g} s: {reason}",
-                count=self._others, hosts=len(self._other_hosts),
+                count=self._others, hosts=_at_least(len(self._other_hosts),
+                                                     self.max_hosts),
                 interval=self.interval, reason=self._other_reason,
             )
             self._others = 0
             self._other_hosts.clear()
+
+
+def _at_least(n: int, cap: int) -> str:
+    return f"{n} or more" if n >= cap else str(n)
 
 
 def _times(n: int) -> str:
