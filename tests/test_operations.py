@@ -35,6 +35,13 @@ def logs_in(port: int, uid: int, token: str) -> bool:
         return False
 
 
+def wait_said(server: Running, text: str, times: int) -> None:
+    def said() -> bool:
+        return server.log.count(text) == times
+
+    wait_until(said, what=f"{text!r} {times} times")
+
+
 def alive(client: LineSocket) -> None:
     client.roundtrip()
 
@@ -87,8 +94,7 @@ def test_sighup_and_sigusr1_harmless(tmp_path: Path) -> None:
                 for sig, says in ((signal.SIGHUP, "SIGHUP: reloading"),
                                   (signal.SIGUSR1, "SIGUSR1: logging to standard")):
                     server.proc.send_signal(sig)
-                    wait_until(lambda s=says, k=n: server.log.count(s) == k,
-                               what=says)
+                    wait_said(server, says, n)
                 alive(session)
             assert server.proc.poll() is None
         assert "exits: connection closed" in server.wait_for("user 1 exits")
