@@ -242,13 +242,25 @@ class PresenceService(MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):  # type: ignore[no-untyped-def]
-        # Stop listening everywhere (the children), then close the sessions.
-        yield super().stopService()
+        # Stop listening everywhere, close the sessions, and only then stop
+        # the helpers: a SIGHUP from logrotate while sessions close must
+        # still find its handler.
+        Service.stopService(self)
+        fronts = [f for f in self.front_ends if f.running]
+        yield defer.gatherResults([f.stopService() for f in fronts])
+        yield self._close_sessions()
+        helpers = [s for s in reversed(list(self))
+                   if s not in self.front_ends and s.running]
+        yield defer.gatherResults(
+            [defer.maybeDeferred(s.stopService) for s in helpers])
+        self.log.info("presence stopped")
+
+    @defer.inlineCallbacks
+    def _close_sessions(self):  # type: ignore[no-untyped-def]
         holders = self._holders
         n = sum(len(h.connections) for h in holders)
         self.log.info("presence stopping: closing {n} connections", n=n)
         if not holders:
-            self.log.info("presence stopped")
             return
         clock: IReactorTime = holders[0].clock
         gone = defer.gatherResults([h.shutdown() for h in holders])
@@ -257,9 +269,8 @@ class PresenceService(MultiService):
         if timer.active():
             timer.cancel()
         # A session counts itself out before it logs its exit line: give the
-        # last one its turn, so that this is the last line.
+        # last one its turn, so that "presence stopped" comes after it.
         yield deferLater(clock, 0, lambda: None)
-        self.log.info("presence stopped")
 
     def _abort_all(self) -> None:
         for holder in self._holders:

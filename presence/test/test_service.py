@@ -7,7 +7,7 @@ import errno
 import signal
 from typing import Any, cast
 
-from twisted.application.service import Application, IService
+from twisted.application.service import Application, IService, Service
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory
@@ -171,6 +171,26 @@ class StopTests(SynchronousTestCase):
         self.assertNoResult(d)
         self.assertNotIn("presence stopped", self.lines())
         self.clock.advance(0)
+        self.successResultOf(d)
+        self.assertEqual(self.lines()[-1], "presence stopped")
+
+    def test_helpers_stop_last(self) -> None:
+        """Helpers (the signal handlers) stay until every session has gone,
+        so that a SIGHUP during the close is still handled."""
+        stopped: list[bool] = []
+
+        class Helper(Service):
+            def stopService(self) -> None:
+                super().stopService()
+                stopped.append(True)
+
+        Helper().setServiceParent(self.service)
+        d = self.service.stopService()
+        for holder in self.holders:
+            holder.gone.callback(None)
+        self.assertEqual(stopped, [])
+        self.clock.advance(0)
+        self.assertEqual(stopped, [True])
         self.successResultOf(d)
         self.assertEqual(self.lines()[-1], "presence stopped")
 
