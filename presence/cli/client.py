@@ -28,7 +28,6 @@ from presence import wire
 from presence.cli.format import Printer, escape, format_view
 from presence.cli.io import Terminal, endpoint_for
 from presence.client import PresenceError, Session, connect
-from presence.wire.errors import ErrorCode
 
 PROG = "presence-client"
 
@@ -68,11 +67,9 @@ def _ids_arg(text: str) -> list[int]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line, checked as far as it can be without a server."""
-    parser = build_parser()
-    opts = parser.parse_args(argv)
-    if opts.user in opts.friends:
-        # The server's error 6, said before connecting.
-        parser.error(f"--friends: {ErrorCode.FRIEND_WITH_YOURSELF.wording}")
+    # Listing yourself is left to the server (error 6, exit status 6), as
+    # with the original demo's client.
+    opts: argparse.Namespace = build_parser().parse_args(argv)
     return opts
 
 
@@ -108,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--for", dest="duration", type=_seconds, metavar="SECONDS",
                         help="quit after this many seconds")
     parser.add_argument("--json", action="store_true",
-                        help="print the server's lines as they are (the summary "
-                        "goes to stderr)")
+                        help="print the server's lines, as JSON with control "
+                        "characters escaped (the summary goes to stderr)")
     parser.add_argument("--reconnect", action="store_true",
                         help="reconnect with backoff when the connection drops")
     parser.add_argument("--ca-file", type=Path, metavar="PEM",

@@ -144,10 +144,11 @@ class LocalArgumentTests(SynchronousTestCase):
         for bad in ("2,0", "-3", str(MAX_USER_ID + 1)):
             self.assertIn("--friends", self.refused("--user", "1", "--friends", bad))
 
-    def test_friend_with_yourself(self) -> None:
-        """Listing yourself is refused locally, in the demo's words."""
-        self.assertIn("You can't be friend with yourself",
-                      self.refused("--user", "1", "--friends", "2,1"))
+    def test_friend_with_yourself_left_to_the_server(self) -> None:
+        """Listing yourself is not refused locally: the server answers it with
+        error 6, as it did the original demo's client."""
+        self.assertEqual(parse_args(["--user", "1", "--friends", "2,1"]).friends,
+                         [2, 1])
 
     def test_good_ids(self) -> None:
         """The largest id is accepted."""
