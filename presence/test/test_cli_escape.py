@@ -150,6 +150,11 @@ class LocalArgumentTests(SynchronousTestCase):
         self.assertEqual(parse_args(["--user", "1", "--friends", "2,1"]).friends,
                          [2, 1])
 
+    def test_bad_durations(self) -> None:
+        """--for takes a positive, finite number of seconds."""
+        for bad in ("0", "-1", "nan", "inf", "x"):
+            self.assertIn("--for", self.refused("--user", "1", "--for", bad))
+
     def test_good_ids(self) -> None:
         """The largest id is accepted."""
         opts: argparse.Namespace = parse_args(

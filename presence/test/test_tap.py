@@ -98,6 +98,14 @@ class OptionsTests(SynchronousTestCase):
             for value in ("1.5", "1e3"):
                 self.assertRaises(usage.UsageError, self.parse, f"--{name}", value)
 
+    def test_log_format(self) -> None:
+        """--log-format is text (default) or json."""
+        self.assertEqual(self.parse()["log-format"], "text")
+        self.assertEqual(self.parse("--log-format", "json")["log-format"], "json")
+        with self.assertRaises(usage.UsageError) as e:
+            self.parse("--log-format", "xml")
+        self.assertIn("--log-format", str(e.exception))
+
     def test_zero_where_it_means_something(self) -> None:
         """0 is a valid --offline-grace (none) and --timer-slack (exact timers)."""
         options = self.parse("--offline-grace", "0", "--timer-slack", "0")
