@@ -22,7 +22,7 @@ from conftest import twistd
 
 # A free loopback port chosen by the kernel.
 ANY_PORT = "tcp:0:interface=127.0.0.1"
-LISTENING = re.compile(r"presence listening on tcp:([\d.]+):(\d+)")
+LISTENING = re.compile(r"presence listening on tcp6?:([\d.]+|\[[\da-f:]+\]):(\d+)")
 
 
 def command(twistd_args: list[str], args: list[str]) -> list[str]:

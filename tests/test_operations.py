@@ -5,7 +5,9 @@ format, and the order of the last log lines at shutdown."""
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 from pathlib import Path
 
 import orjson
@@ -34,6 +36,13 @@ def logs_in(port: int, uid: int, token: str) -> bool:
             return True
         assert reply["error"] == 10, reply
         return False
+
+
+class LineSocket6:
+    """A bare IPv6 loopback connection."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("::1", port), timeout=10)
 
 
 def wait_said(server: Running, text: str, times: int) -> None:
@@ -178,3 +187,42 @@ def test_error_16_names_the_option(tmp_path: Path) -> None:
             c.close()
     finally:
         server.stop()
+
+
+@pytest.mark.xfail(strict=True, reason="the lead formats peers with "
+                   "presence.server.logs.format_peer in the session (issue 9 "
+                   "finding 7); then drop this marker")
+def test_ipv6_peer_in_brackets(tmp_path: Path) -> None:
+    """An IPv6 peer appears as [::1]:PORT in the join and exit lines."""
+    server = Running(["--pidfile="], ["--port", r"tcp6:0:interface=\:\:1"],
+                     tmp_path)
+    try:
+        client = LineSocket6(server.port)
+        client.sock.sendall(b'{"user_id": 4, "friends": []}\n')
+        server.wait_for("user 4 joins")
+        client.sock.sendall(b'{"type": "bye"}\n')
+        exit_line = server.wait_for("user 4 exits")
+        client.sock.close()
+        join_line = server.wait_for("user 4 joins")
+        assert re.search(r"from \[::1\]:\d+$", join_line), join_line
+        assert re.search(r"\[::1\]:\d+", exit_line), exit_line
+    finally:
+        server.stop()
+
+
+@pytest.mark.xfail(strict=True, reason="the lead calls RefusalLimiter from the "
+                   "session (issue 9 finding 7); then drop this marker")
+def test_refusals_rate_limited(tmp_path: Path) -> None:
+    """50 refusals of one address write one "refused" line, and one summary
+    (at the latest when the server stops)."""
+    server = Running(["--pidfile="], ["--port", ANY_PORT], tmp_path)
+    try:
+        for _ in range(50):
+            with LineSocket("127.0.0.1", server.port) as c:
+                c.send(b"not json\n")
+                c.expect_error(3)
+    finally:
+        server.stop()
+    refused = [line for line in server.lines if re.search(r":\d+ refused: ", line)]
+    assert len(refused) == 1, server.log
+    assert "127.0.0.1 refused 49 more times in the last 10 s: " in server.log
