@@ -14,6 +14,7 @@ without --for, end of stdin means quit.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +26,7 @@ from twisted.internet.task import react
 from twisted.python.failure import Failure
 
 from presence import wire
-from presence.cli.format import Printer, format_view
+from presence.cli.format import Printer, escape, format_view
 from presence.cli.io import Terminal, endpoint_for
 from presence.client import PresenceError, Session, connect
 
@@ -37,6 +38,17 @@ HELP = (
 )
 
 
+def _user_id(text: str) -> int:
+    try:
+        uid = int(text)
+    except ValueError:
+        uid = 0
+    if not wire.is_user_id(uid):
+        raise argparse.ArgumentTypeError(
+            f"not a user id (1 to {wire.MAX_USER_ID}): {text!r}")
+    return uid
+
+
 def parse_ids(text: str) -> list[int]:
     """"2,3,4", "2 3 4" or "" as a list of ints (the server checks them)."""
     return [int(part) for part in text.replace(",", " ").split()]
@@ -44,14 +56,30 @@ def parse_ids(text: str) -> list[int]:
 
 def _ids_arg(text: str) -> list[int]:
     try:
-        return parse_ids(text)
+        ids = parse_ids(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a list of ids: {text!r}") from None
+    bad = [i for i in ids if not wire.is_user_id(i)]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"not a user id (1 to {wire.MAX_USER_ID}): {bad[0]}")
+    return ids
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked as far as it can be without a server."""
+    # Listing yourself is left to the server (error 6, exit status 6), as
+    # with the original demo's client.
+    opts: argparse.Namespace = build_parser().parse_args(argv)
+    return opts
 
 
 def _seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
     return value
 
@@ -69,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a Twisted client endpoint (tcp:HOST:PORT, ssl:HOST:PORT, "
         "unix:PATH) or a port number on localhost (default %(default)s)",
     )
-    parser.add_argument("--user", type=int, required=True, help="your user id")
+    parser.add_argument("--user", type=_user_id, required=True,
+                        help="your user id (1 to 2**63-1)")
     parser.add_argument("--friends", type=_ids_arg, default=[],
                         help="ids to watch, e.g. 2,3,4")
     parser.add_argument("--status", choices=sorted(wire.STATUSES))
@@ -80,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--for", dest="duration", type=_seconds, metavar="SECONDS",
                         help="quit after this many seconds")
     parser.add_argument("--json", action="store_true",
-                        help="print the server's lines as they are (the summary "
-                        "goes to stderr)")
+                        help="print the server's lines, as JSON with control "
+                        "characters escaped (the summary goes to stderr)")
     parser.add_argument("--reconnect", action="store_true",
                         help="reconnect with backoff when the connection drops")
     parser.add_argument("--ca-file", type=Path, metavar="PEM",
@@ -110,7 +139,12 @@ class ClientApp:
         self.address = address
         self.opts = opts
         self.token = token
-        self.err = err
+        # Anything may hold the server's text (a friend's status text, an
+        # error message): it reaches the terminal escaped.  With --json the
+        # printer makes each line terminal-safe JSON itself.
+        self.err = err = _escaping(err)
+        if not opts.json:
+            out = _escaping(out)
         # With --json stdout holds only server lines: remarks go to stderr.
         self.note = err if opts.json else out
         self.printer = Printer(clock, out, address)
@@ -237,6 +271,13 @@ class ClientApp:
         done.addCallbacks(ok, refused)
 
 
+def _escaping(write: Callable[[str], None]) -> Callable[[str], None]:
+    def escaped(text: str) -> None:
+        write(escape(text))
+
+    return escaped
+
+
 def _watching(session: Session) -> str:
     return ", ".join(map(str, sorted(session.friends))) or "nobody"
 
@@ -283,7 +324,7 @@ async def _main(reactor: Any, opts: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
-    opts = build_parser().parse_args(argv)
+    opts = parse_args(argv)
     react(_main, (opts,))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 
@@ -18,6 +19,60 @@ from presence.client import (
     Retrying,
     Session,
 )
+
+# What must never reach a terminal raw from the server: C0 controls (ESC
+# starts colour, cursor and title sequences; CR and BS overwrite a line; BEL
+# rings), DEL, C1 controls (U+009B is a one-character CSI), and the Unicode
+# bidirectional controls that reorder what follows them (U+061C, U+200E/F,
+# U+202A-E, U+2066-9), plus the line and paragraph separators.
+UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+    "\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape(text: str) -> str:
+    """C{text} with every unsafe character as a visible escape (ESC: \\x1b,
+    U+202E: \\u202e); everything else, backslashes included, as it is."""
+    return UNSAFE.sub(_escape_char, text)
+
+
+def json_safe(line: str) -> str:
+    """A server line for ``--json``: the same JSON value, terminal-safe.
+
+    Inside strings an unsafe character becomes its JSON escape (\\u001b), so
+    the line parses to exactly the same value; between tokens, tabs and
+    carriage returns (the only ones JSON allows there) become spaces.  A line
+    with nothing unsafe is returned as it is.  A line that is not JSON is
+    escaped all the same.
+    """
+    if UNSAFE.search(line) is None:
+        return line
+    out = []
+    in_string = backslash = False
+    for c in line:
+        if in_string:
+            if backslash:
+                backslash = False
+            elif c == "\\":
+                backslash = True
+            elif c == '"':
+                in_string = False
+            if UNSAFE.match(c):
+                c = f"\\u{ord(c):04x}"
+        elif c == '"':
+            in_string = True
+        elif c in "\t\r":
+            c = " "
+        elif UNSAFE.match(c):
+            c = escape(c)
+        out.append(c)
+    return "".join(out)
 
 
 def hms(when: float) -> str:
@@ -98,7 +153,7 @@ class Printer:
         except (orjson.JSONDecodeError, AttributeError):
             kind = None
         if kind not in ("ping", "pong"):
-            self.out(raw.decode("utf-8", "replace"))
+            self.out(json_safe(raw.decode("utf-8", "replace")))
 
     def count(self, event: Event) -> None:
         if not isinstance(event, PresenceChanged):

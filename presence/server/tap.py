@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import math
+import os
 import resource
+import signal
 from typing import Any
 
 from twisted.application.service import IService
 from twisted.internet import endpoints
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 
 from presence.server.config import MIB, Config
 from presence.server.context import Server
 from presence.server.lines import LineFactory
+from presence.server.logs import LOG_FORMATS, LogTarget
+from presence.server.pidfile import PidfileKeeper
 from presence.server.service import PresenceService
-from presence.wire.tokens import TokenVerifier, read_secret, weakness
+from presence.server.signals import SignalService
+from presence.wire.tokens import TokenVerifier, read_secrets, weakness
 
 log = Logger()
 
@@ -23,22 +30,41 @@ log = Logger()
 FD_RESERVE = 16
 
 
-def _positive(kind: type) -> Any:
-    def convert(value: str) -> Any:
-        number = kind(value)
-        if number <= 0:
-            raise ValueError(f"{value} is not positive")
-        return number
+# Numeric options: their type, and whether 0 means something (no grace, exact
+# timers) or nothing (a zero timeout or limit would refuse everyone).
+NUMBERS: dict[str, tuple[type[int] | type[float], bool]] = {
+    "timeout": (float, False),
+    "offline-grace": (float, True),
+    "timer-slack": (float, True),
+    "max-line": (int, False),
+    "max-friends": (int, False),
+    "max-connections": (int, False),
+    "max-per-ip": (int, False),
+    "max-sessions": (int, False),
+    "max-buffer": (int, False),
+}
 
-    convert.__name__ = kind.__name__
-    return convert
 
+def number(name: str, value: object) -> int | float:
+    """C{value} of option C{--name} as its number, or a UsageError saying why.
 
-def _non_negative(value: str) -> float:
-    number = float(value)
-    if number < 0:
-        raise ValueError(f"{value} is negative")
-    return number
+    Refused: what does not parse, NaN and infinities (``--timeout nan`` used
+    to be accepted and welcomed clients with ``"timeout":null``), negatives,
+    and 0 where 0 means nothing.
+    """
+    kind, zero_ok = NUMBERS[name]
+    text = str(value).strip()
+    what = "a whole number" if kind is int else "a number"
+    try:
+        parsed: int | float = kind(text)
+    except ValueError:
+        raise usage.UsageError(f"--{name} must be {what}, not {text!r}") from None
+    if not math.isfinite(parsed):
+        raise usage.UsageError(f"--{name} must be a finite number, not {text!r}")
+    if parsed < 0 or (parsed == 0 and not zero_ok):
+        least = "0 or more" if zero_ok else "more than 0"
+        raise usage.UsageError(f"--{name} must be {least}, not {text!r}")
+    return parsed
 
 
 class Options(usage.Options):
@@ -52,30 +78,30 @@ class Options(usage.Options):
          "(tcp:PORT, ssl:PORT:privateKey=KEY:certKey=CERT, unix:PATH, ...)."],
         ["timeout", "t", 15.0,
          "Seconds of silence before a client is dropped (error 1); the server "
-         "pings after half of it. Also the login timeout.", _positive(float)],
+         "pings after half of it. Also the login timeout."],
         ["offline-grace", None, 0.0,
          "Seconds a user whose last session ended stays online for others, in "
-         "case it comes back.", _non_negative],
+         "case it comes back."],
         ["visibility", None, "open",
          "open: a watcher sees whom it lists; mutual: only those who list it too."],
-        ["max-line", None, MIB, "Longest line accepted, in bytes (error 9).",
-         _positive(int)],
-        ["max-friends", None, 10_000, "Most ids in a watch list (error 11).",
-         _positive(int)],
-        ["max-connections", None, 20_000, "Most connections at once (error 16).",
-         _positive(int)],
+        ["max-line", None, MIB, "Longest line accepted, in bytes (error 9)."],
+        ["max-friends", None, 10_000, "Most ids in a watch list (error 11)."],
+        ["max-connections", None, 20_000, "Most connections at once (error 16)."],
         ["max-per-ip", None, 1_000,
-         "Most connections from one source address (error 16).", _positive(int)],
-        ["max-sessions", None, 32, "Most sessions of one user (error 16).",
-         _positive(int)],
+         "Most connections from one source address (error 16)."],
+        ["max-sessions", None, 32, "Most sessions of one user (error 16)."],
         ["max-buffer", None, MIB,
          "Most bytes queued for a client that does not read before it is cut "
-         "off (error 14).", _positive(int)],
+         "off (error 14)."],
         ["timer-slack", None, 0.25,
          "Seconds a ping or timeout may come late, so that one wakeup serves "
-         "many idle connections.", _non_negative],
+         "many idle connections."],
         ["secret-file", None, None,
-         "File holding the HMAC secret; logins must then carry a JWT (HS256)."],
+         "File holding the HMAC secrets, one per line (any is accepted); "
+         "logins must then carry a JWT (HS256). SIGHUP re-reads it."],
+        ["log-format", None, "text",
+         "text: one readable line per event; json: one JSON object per line "
+         "(twisted.logger's eventAsJSON, plus 'text' and 'level')."],
     ]
 
     def opt_port(self, value: str) -> None:
@@ -83,27 +109,32 @@ class Options(usage.Options):
 
     @property
     def endpoint_description(self) -> str:
-        """The --port endpoint, with a listen backlog fit for login storms.
-
-        Twisted's default backlog of 50 drops connection attempts in a burst
-        (clients then retry only after a second); 1024 unless one is given.
-        """
-        description: str = self["port"]
-        kind = description.split(":", 1)[0]
-        if kind in ("tcp", "tcp6", "ssl", "unix") and "backlog=" not in description:
-            description += ":backlog=1024"
-        return description
+        """The --port endpoint, with a listen backlog fit for login storms."""
+        return with_backlog(self["port"])
 
     def postOptions(self) -> None:
+        for name in NUMBERS:
+            self[name] = number(name, self[name])
         if self["visibility"] not in ("open", "mutual"):
             raise usage.UsageError("--visibility must be open or mutual")
+        if self["log-format"] not in LOG_FORMATS:
+            raise usage.UsageError(
+                f"--log-format must be {' or '.join(LOG_FORMATS)}, "
+                f"not {self['log-format']!r}")
+        from twisted.internet import reactor
+
+        self["endpoint"] = server_endpoint(reactor, "port", self["port"])
         if self["secret-file"] is not None:
+            # Absolute: SIGHUP re-reads it after a daemon's chdir.
+            self["secret-file"] = os.path.abspath(self["secret-file"])
             try:
-                self["secret"] = read_secret(self["secret-file"])
+                self["secrets"] = read_secrets(self["secret-file"])
             except (OSError, ValueError) as e:
                 raise usage.UsageError(f"--secret-file: {e}") from None
+            self["secret"] = self["secrets"][0]
         else:
             self["secret"] = None
+            self["secrets"] = []
 
     def config(self, max_connections: int | None = None) -> Config:
         return Config(
@@ -118,6 +149,31 @@ class Options(usage.Options):
             max_buffer=self["max-buffer"],
             timer_slack=self["timer-slack"],
         )
+
+
+def with_backlog(description: str) -> str:
+    """An endpoint string with a listen backlog fit for login storms.
+
+    Twisted's default backlog of 50 drops connection attempts in a burst
+    (clients then retry only after a second); 1024 unless one is given.
+    """
+    kind = description.split(":", 1)[0]
+    if kind in ("tcp", "tcp6", "ssl", "unix") and "backlog=" not in description:
+        description += ":backlog=1024"
+    return description
+
+
+def server_endpoint(reactor: Any, option: str, description: str
+                    ) -> IStreamServerEndpoint:
+    """The endpoint for C{description}, or a UsageError naming C{option}."""
+    try:
+        endpoint: IStreamServerEndpoint = endpoints.serverFromString(
+            reactor, with_backlog(description))
+    except Exception as e:
+        # Unknown kinds, bad parameters, unreadable TLS keys: all the
+        # operator's to fix, none worth a traceback.
+        raise usage.UsageError(f"--{option} {description}: {e}") from None
+    return endpoint
 
 
 def connection_budget(wanted: int) -> int:
@@ -149,24 +205,94 @@ def connection_budget(wanted: int) -> int:
 
 
 def makeService(options: Options) -> IService:
+    """The server's service tree: front ends, signal handlers, pidfile keeper.
+
+    The shared pieces (configuration, token verifier; registry and deadline
+    heap inside the factory for now) are built once, here, and handed to
+    every front end: adding a front end is one C{add_front_end} line.
+    """
     from twisted.internet import reactor
 
-    secret = options["secret"]
-    if secret is None:
+    twistd: Any = getattr(options, "parent", None) or {}
+    secrets: list[bytes] = options["secrets"]
+    if not secrets:
         log.warn(
             "no --secret-file: user ids are NOT authenticated, any client may "
             "log in as any user"
         )
-    elif weakness(secret):
-        log.warn("{weakness}", weakness=weakness(secret))
+    _warn_weak(secrets)
     config = options.config(connection_budget(options["max-connections"]))
-    server = Server(
-        reactor,
-        config,
-        TokenVerifier(secret) if secret is not None else None,
+    verifier = TokenVerifier(secrets) if secrets else None
+
+    service = PresenceService(reactor=reactor)
+    target = LogTarget.for_twistd(options["log-format"], twistd)
+    if target is not None:
+        service.log_observer = target.observer
+    PidfileKeeper(twistd).setServiceParent(service)
+    reload = Reload(options["secret-file"], verifier, target)
+    SignalService(reactor, {signal.SIGHUP: reload.hup, signal.SIGUSR1: reload.usr1}
+                  ).setServiceParent(service)
+
+    # Front ends: one line each.
+    port = options["port"]
+    server = Server(reactor, config, verifier)
+    service.add_front_end(
+        options["endpoint"],
+        LineFactory(server),
+        port.split(":", 1)[0] if ":" in port else "tcp",
+        port,
     )
-    factory = LineFactory(server)
-    description = options["port"]
-    endpoint = endpoints.serverFromString(reactor, options.endpoint_description)
-    scheme = description.split(":", 1)[0] if ":" in description else "tcp"
-    return PresenceService(endpoint, factory, reactor, scheme)
+    return service
+
+
+def _warn_weak(secrets: list[bytes]) -> None:
+    for n, secret in enumerate(secrets, 1):
+        weak = weakness(secret)
+        if weak:
+            which = f"secret {n}: " if len(secrets) > 1 else ""
+            log.warn("{which}{weakness}", which=which, weakness=weak)
+
+
+class Reload:
+    """What SIGHUP and SIGUSR1 do.
+
+    SIGHUP re-reads ``--secret-file`` (a file that cannot be read, or holds
+    no secret, leaves the secrets in use and says why) and reopens the log
+    file.  SIGUSR1 rotates the log file, as twistd does.  Sessions are not
+    touched: a new secret applies to the next logins.
+    """
+
+    def __init__(self, secret_file: str | None, verifier: TokenVerifier | None,
+                 target: LogTarget | None) -> None:
+        self.secret_file = secret_file
+        self.verifier = verifier
+        self.target = target
+
+    def hup(self) -> None:
+        log.info("SIGHUP: reloading")
+        if self.target is not None:
+            self.target.reopen()
+        self.reload_secrets()
+
+    def usr1(self) -> None:
+        if self.target is None:
+            log.info("SIGUSR1 ignored: the log is not a file of this server's")
+            return
+        self.target.rotate()
+
+    def reload_secrets(self) -> None:
+        if self.secret_file is None or self.verifier is None:
+            log.info("no --secret-file: no secrets to re-read")
+            return
+        in_use = len(self.verifier.secrets)
+        try:
+            secrets = read_secrets(self.secret_file)
+        except (OSError, ValueError) as e:
+            log.error(
+                "cannot re-read --secret-file, keeping the {n} secret{s} in use: "
+                "{err}", n=in_use, s="" if in_use == 1 else "s", err=e)
+            return
+        self.verifier.replace(secrets)
+        _warn_weak(secrets)
+        log.info("{n} secret{s} read from {path}", n=len(secrets),
+                 s="" if len(secrets) == 1 else "s", path=self.secret_file)

@@ -1,6 +1,6 @@
 """Login tokens: the verifier, the presence-token tool, and logins with tokens.
 
-The protocol-level tests run a real L{PresenceFactory} on a L{task.Clock} with
+The protocol-level tests run the real front end (L{LineFactory}) on a L{task.Clock} with
 L{StringTransport}s: no sockets, no sleeps.
 """
 

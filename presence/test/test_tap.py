@@ -7,7 +7,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from presence.server.config import Config
 from presence.server.service import PresenceService
-from presence.server.tap import Options, makeService
+from presence.server.tap import Options, makeService, with_backlog
 
 
 class OptionsTests(SynchronousTestCase):
@@ -36,13 +36,24 @@ class OptionsTests(SynchronousTestCase):
     def test_backlog(self) -> None:
         """A listen backlog of 1024 is added unless the endpoint names one."""
         for given, used in (
-            ("8081", "tcp:8081:backlog=1024"),
+            ("tcp:8081", "tcp:8081:backlog=1024"),
             ("tcp:8081:interface=::1", "tcp:8081:interface=::1:backlog=1024"),
             ("unix:/tmp/s", "unix:/tmp/s:backlog=1024"),
             ("tcp:8081:backlog=7", "tcp:8081:backlog=7"),
             ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
         ):
-            self.assertEqual(self.parse("--port", given).endpoint_description, used)
+            self.assertEqual(with_backlog(given), used)
+        self.assertEqual(self.parse("--port", "8081").endpoint_description,
+                         "tcp:8081:backlog=1024")
+
+    def test_bad_endpoint(self) -> None:
+        """An endpoint string Twisted cannot use is a usage error naming
+        --port, not a traceback at start."""
+        for bad in ("nonsense:1", "tcp:x", "tcp:8081:interface=::1",
+                    "ssl:8443:privateKey=/nonexistent.pem"):
+            with self.assertRaises(usage.UsageError) as e:
+                self.parse("--port", bad)
+            self.assertIn(f"--port {bad}", str(e.exception))
 
     def test_all_options(self) -> None:
         """Every option reaches the configuration."""
@@ -63,6 +74,43 @@ class OptionsTests(SynchronousTestCase):
                      ("--visibility", "friends"), ("--max-line", "-5"),
                      ("--secret-file", "/nonexistent/secret")):
             self.assertRaises(usage.UsageError, self.parse, *args)
+
+    def test_numbers_refused_with_the_option_named(self) -> None:
+        """NaN, infinities, negatives, zero where zero means nothing, and
+        non-numbers are refused for every numeric option, naming the option."""
+        positive = ["timeout", "max-line", "max-friends", "max-connections",
+                    "max-per-ip", "max-sessions", "max-buffer"]
+        non_negative = ["offline-grace", "timer-slack"]
+        for name in positive + non_negative:
+            bad = ["nan", "NaN", "inf", "-inf", "Infinity", "1e999", "-1", "-0.5",
+                   "x", "", "1,5"]
+            if name in positive:
+                bad += ["0", "0.0", "-0"]
+            for value in bad:
+                with self.assertRaises(usage.UsageError, msg=(name, value)) as e:
+                    self.parse(f"--{name}", value)
+                self.assertIn(f"--{name}", str(e.exception))
+
+    def test_integers_are_whole(self) -> None:
+        """Byte and count limits take whole numbers only."""
+        for name in ("max-line", "max-friends", "max-connections", "max-per-ip",
+                     "max-sessions", "max-buffer"):
+            for value in ("1.5", "1e3"):
+                self.assertRaises(usage.UsageError, self.parse, f"--{name}", value)
+
+    def test_log_format(self) -> None:
+        """--log-format is text (default) or json."""
+        self.assertEqual(self.parse()["log-format"], "text")
+        self.assertEqual(self.parse("--log-format", "json")["log-format"], "json")
+        with self.assertRaises(usage.UsageError) as e:
+            self.parse("--log-format", "xml")
+        self.assertIn("--log-format", str(e.exception))
+
+    def test_zero_where_it_means_something(self) -> None:
+        """0 is a valid --offline-grace (none) and --timer-slack (exact timers)."""
+        options = self.parse("--offline-grace", "0", "--timer-slack", "0")
+        self.assertEqual(options.config().offline_grace, 0)
+        self.assertEqual(options.config().timer_slack, 0)
 
     def test_secret_file(self) -> None:
         """--secret-file reads the secret, surrounding whitespace stripped."""

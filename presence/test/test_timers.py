@@ -156,3 +156,65 @@ class DeadlinesTests(SynchronousTestCase):
         self.clock.pump([1, 1])
         self.assertEqual(self.log, [("good", 2)])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class HeapSizeTests(SynchronousTestCase):
+    """Dead entries (cancelled or superseded deadlines) do not pile up."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.log: list[tuple[str, float]] = []
+        self.d = Deadlines(self.clock)
+
+    def owner(self, name: str) -> Owner:
+        return Owner(self.log, name, self.clock)
+
+    def test_churn_leaves_no_dead_entries(self) -> None:
+        """Under login/close churn the heap stays within twice the live owners.
+
+        1,000 long-lived owners stay; 20,000 short-lived ones arrive with a
+        deadline 60 s away and are cancelled (their connection closed) well
+        before it.  Before the fix every cancelled one stayed in the heap
+        (and kept its owner alive) until its old deadline came up.
+        """
+        stay = [self.owner(f"s{i}") for i in range(1000)]
+        for o in stay:
+            self.d.set(o, 60)
+        largest = 0
+        for i in range(20_000):
+            o = self.owner(f"c{i}")
+            self.d.set(o, self.clock.seconds() + 60)
+            self.d.cancel(o)
+            largest = max(largest, self.d.entries)
+            if i % 1000 == 0:
+                self.clock.advance(0.1)
+        self.assertEqual(len(self.d), 1000)
+        self.assertLessEqual(largest, 2 * 1000 + 64 + 1)
+        self.assertLessEqual(self.d.entries, 2 * 1000 + 64)
+
+    def test_repeated_set_compacts(self) -> None:
+        """Moving the same owners earlier again and again does not grow the heap
+        (each superseded entry sinks below the new one)."""
+        owners = [self.owner(str(i)) for i in range(100)]
+        for round_ in range(200):
+            for o in owners:
+                self.d.set(o, 1000 - round_)
+        self.assertEqual(len(self.d), 100)
+        self.assertLessEqual(self.d.entries, 2 * 100 + 64)
+
+    def test_compaction_keeps_every_deadline(self) -> None:
+        """After compaction every live owner still fires once, at its deadline,
+        including one postponed before the compaction."""
+        keep = [self.owner(f"k{i}") for i in range(10)]
+        for n, o in enumerate(keep):
+            self.d.set(o, 10 + n)
+        self.d.postpone(keep[0], 30)
+        for i in range(500):
+            o = self.owner(f"c{i}")
+            self.d.set(o, 5)
+            self.d.cancel(o)
+        self.assertLessEqual(self.d.entries, 2 * 10 + 64)
+        self.clock.pump([1] * 40)
+        self.assertEqual(
+            self.log, [(f"k{n}", 10 + n) for n in range(1, 10)] + [("k0", 30)]
+        )

@@ -7,6 +7,7 @@ claim or with L{ProtocolError} 10; nothing else escapes it.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import jwt
@@ -20,11 +21,20 @@ LEEWAY = 60  # seconds of clock skew tolerated on "exp"
 MIN_SECRET = 32
 
 
-def read_secret(path: str | Path) -> bytes:
-    secret = Path(path).read_bytes().strip()
-    if not secret:
+def read_secrets(path: str | Path) -> list[bytes]:
+    """The secrets in a secret file: one per line, surrounding whitespace and
+    blank lines ignored.  Several secrets allow rotation without a restart
+    (PROTOCOL.md "Tokens"): a token signed with any of them is accepted."""
+    secrets = [line.strip() for line in Path(path).read_bytes().splitlines()]
+    secrets = [s for s in secrets if s]
+    if not secrets:
         raise ValueError(f"secret file {path} is empty")
-    return secret
+    return secrets
+
+
+def read_secret(path: str | Path) -> bytes:
+    """The first secret of a secret file (see L{read_secrets})."""
+    return read_secrets(path)[0]
 
 
 def weakness(secret: bytes) -> str:
@@ -38,25 +48,33 @@ def weakness(secret: bytes) -> str:
 
 
 class TokenVerifier:
-    """Checks a login's token against the server's secret."""
+    """Checks a login's token against the server's secrets (any one of them).
 
-    def __init__(self, secret: bytes) -> None:
-        if not secret:
+    L{replace} swaps the secrets in place (the server does it on SIGHUP): the
+    next login is checked against the new ones, sessions already logged in
+    are not affected.
+    """
+
+    def __init__(self, secret: bytes | Sequence[bytes]) -> None:
+        self._secrets: tuple[bytes, ...] = ()
+        self.replace(secret)
+
+    @property
+    def secrets(self) -> tuple[bytes, ...]:
+        return self._secrets
+
+    def replace(self, secret: bytes | Sequence[bytes]) -> None:
+        secrets = (secret,) if isinstance(secret, bytes) else tuple(secret)
+        if not secrets or not all(secrets):
             raise ValueError("the token secret is empty")
-        self._secret = secret
+        self._secrets = secrets
 
     def verify(self, token: object, uid: int) -> frozenset[int] | None:
         """Return the C{friends} claim (None when absent); raise error 10."""
         if type(token) is not str or not token:
             raise ProtocolError(ErrorCode.AUTHENTICATION_FAILED, "token required")
         try:
-            claims = jwt.decode(
-                token,
-                self._secret,
-                algorithms=[ALGORITHM],
-                leeway=LEEWAY,
-                options={"require": ["sub"]},
-            )
+            claims = self._decode(token)
         except jwt.ExpiredSignatureError:
             raise ProtocolError(
                 ErrorCode.AUTHENTICATION_FAILED, "token expired"
@@ -84,6 +102,29 @@ class TokenVerifier:
                 ErrorCode.AUTHENTICATION_FAILED, "friends claim is not a list of ids"
             )
         return frozenset(friends)
+
+    def _decode(self, token: str) -> dict[str, object]:
+        # The signature is checked before the claims: a token that fails on
+        # its signature is tried with the next secret; any other refusal
+        # (malformed, expired, ...) is final.
+        *others, last = self._secrets
+        for secret in others:
+            try:
+                return self._decode_with(token, secret)
+            except jwt.InvalidSignatureError:
+                continue
+        return self._decode_with(token, last)
+
+    @staticmethod
+    def _decode_with(token: str, secret: bytes) -> dict[str, object]:
+        claims: dict[str, object] = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            leeway=LEEWAY,
+            options={"require": ["sub"]},
+        )
+        return claims
 
 
 def make_token(
