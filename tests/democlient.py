@@ -36,6 +36,7 @@ from typing import Any
 
 TIMEOUT = 15.0
 RECV_SIZE = 256
+ROUND = 1.0  # the sleep between rounds (tests of this module shorten it)
 INT64 = (-(2**63), 2**63 - 1)
 
 
@@ -214,4 +215,4 @@ def _loop(sock: socket.socket, request: bytes, deadline: float,
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return
-        time.sleep(min(1.0, remaining))
+        time.sleep(min(ROUND, remaining))

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import democlient
+import pytest
 from conftest import ServerProcess
 from democlient import DemoResult, marshal_login, tcp_client
 from sockets import LineSocket
@@ -225,3 +228,92 @@ def test_v0_demo_client_overflow(start_server: Callable[..., ServerProcess]) -> 
         result = future.result(30)
     assert result.error == 14, result
     assert result.reads[-1] == b'{"msg":"[server] Slow consumer","error":14}'
+
+
+# -- the demo client itself, against a scripted server --------------------------
+
+
+class ScriptedServer:
+    """A loopback server that answers each message of one client with the
+    next of C{replies} (each in one write), and records what it received."""
+
+    def __init__(self, replies: list[bytes], message_size: int) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.replies = replies
+        self.size = message_size
+        self.received: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        conn.settimeout(10)
+        with conn:
+            for reply in self.replies:
+                message = b""
+                while len(message) < self.size:
+                    data = conn.recv(self.size - len(message))
+                    if not data:
+                        return
+                    message += data
+                self.received.append(message)
+                conn.sendall(reply)
+            conn.recv(1)  # until the client closes
+
+    def close(self) -> None:
+        self.thread.join(10)
+        self.listener.close()
+
+
+@pytest.fixture
+def quick_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(democlient, "ROUND", 0.05)
+
+
+@pytest.mark.usefixtures("quick_rounds")
+def test_demo_client_counts_and_error() -> None:
+    """The demo client writes its login, exactly as json.Marshal does, once
+    per round; counts {"online": B} replies, takes a msg with error 0 as a
+    pong, and ends with the code of any other error."""
+    login = b'{"user_id":1,"friends":[2,3,4]}'
+    replies = [ONLINE, PONG, OFFLINE, ONLINE,
+               b'{"msg":"[server] Invalid UserID","error":5}', ONLINE]
+    server = ScriptedServer(replies, len(login))
+    result = tcp_client("127.0.0.1", server.port, 1, [2, 3, 4], 0, 3)
+    server.close()
+    assert server.received == [login] * 5
+    assert (result.offlines, result.onlines, result.error) == (1, 2, 5)
+    assert result.ended == "error 5"
+    assert result.pong.msg == "[server] Invalid UserID"
+
+
+@pytest.mark.usefixtures("quick_rounds")
+def test_demo_client_two_values_in_one_read() -> None:
+    """A read holding two JSON values does not parse: the client stops
+    counting, without an error code (as the Go client does)."""
+    login = marshal_login(7, [8])
+    server = ScriptedServer([ONLINE, ONLINE + OFFLINE, ONLINE], len(login))
+    result = tcp_client("127.0.0.1", server.port, 7, [8], 0, 1)
+    server.close()
+    assert server.received == [login] * 2
+    assert (result.offlines, result.onlines, result.error) == (0, 1, 0)
+    assert result.ended.startswith("unmarshal")
+
+
+@pytest.mark.usefixtures("quick_rounds")
+def test_demo_client_msg_rule() -> None:
+    """Any read containing "msg" is parsed as {msg, error}, whatever else it
+    holds; a v1 presence line is parsed as {online} and counted."""
+    login = marshal_login(1, [2])
+    replies = [
+        b'{"type":"presence","user_id":2,"online":true,"status":"away"}\n',
+        b'{"type":"ping","msg":"are you still there?"}\n',
+        b'{"online":true,"msg":"x","error":0}',
+        b'{"Online":false}',
+        b'{"msg":"[server] Slow consumer","error":14}',
+    ]
+    server = ScriptedServer(replies, len(login))
+    result = tcp_client("127.0.0.1", server.port, 1, [2], 0, 3)
+    server.close()
+    assert (result.offlines, result.onlines, result.error) == (1, 1, 14)

@@ -125,6 +125,17 @@ class LineTests(FramingTestMixin, SynchronousTestCase):
         self.assertEqual(list(framer.feed(b"\n")), [(b"abcd", LINE)])
         self.assertEqual(framer.pending, 0)
 
+    def test_pending(self) -> None:
+        """C{pending} counts the bytes of the unfinished message, whitespace
+        included, and is 0 exactly when nothing is carried over."""
+        framer = Framer(BIG)
+        self.assertEqual(framer.pending, 0)
+        for chunk, pending in ((b"", 0), (b'{"a":1}\n', 0), (b"  ", 2),
+                               (b'{"a"', 6), (b":1}", 0), (b"\r", 1), (b"\n", 0),
+                               (b"x\ny", 1), (b"\n", 0)):
+            list(framer.feed(chunk))
+            self.assertEqual(framer.pending, pending, chunk)
+
     def test_newline_ends_an_open_object(self) -> None:
         """A C{\\n} ends the message even inside an open object or string: the
         line goes to the decoder, and the next message starts afresh."""

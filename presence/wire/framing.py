@@ -9,7 +9,7 @@ contract; L{Framer} implements it without any I/O::
     framer = Framer(max_line)
     try:
         for payload, ending in framer.feed(data):
-            ...                      # handle the message; may stop early
+            ...                      # handle the message
     except ProtocolError as e:       # 9 (too long) or 3 (nesting too deep)
         ...                          # fatal: answer it and close
 
@@ -93,9 +93,10 @@ _CR = 0x0D
 class Framer:
     """Split one connection's input into messages, incrementally.
 
-    Feed it every read, in order; iterate over what L{feed} returns.  The
-    iteration may stop early when the session closes; the framer must not be
-    fed again after that, nor after it raised.
+    Feed it every read, in order, and handle the messages L{feed} returns, in
+    order: at once, or over several reactor turns (the framer's state is
+    already past them when C{feed} returns).  After an error, every feed
+    raises it again.
     """
 
     __slots__ = ("_buf", "_cr", "_depth", "_error", "_esc", "_in_str", "_limit",
@@ -117,7 +118,8 @@ class Framer:
 
     @property
     def pending(self) -> int:
-        """How many bytes of an unfinished message the framer holds counted."""
+        """How many bytes of an unfinished message have been received (0
+        exactly when nothing is carried over: the next read starts afresh)."""
         return self._pending
 
     def feed(self, data: bytes) -> Iterable[Message]:
