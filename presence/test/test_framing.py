@@ -483,3 +483,22 @@ class PropertyTests(SynchronousTestCase):
         for payload, _ in messages:
             if payload.startswith(b"{"):
                 json.loads(payload)
+
+    @SETTINGS
+    @given(
+        st.lists(
+            st.sampled_from([b"{", b"}", b'"', b"\\", b"\n", b"\r", b" ", b"\t",
+                             b"a", b"\x0b", b"[", b":", b"{}", b'"}"', b'{"a":1}']),
+            max_size=40,
+        ).map(b"".join),
+        st.data(),
+    )
+    def test_any_bytes_any_splits(self, raw: bytes, data: Any) -> None:
+        """Any bytes at all, cut anywhere, give the same messages as in one
+        read (up to late terminators), and never anything but messages or a
+        L{ProtocolError}."""
+        whole, error = frame([raw])
+        cuts = sorted(data.draw(st.lists(st.integers(0, len(raw)), max_size=10)))
+        chunks = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
+        messages, code = frame(chunks)
+        self.assertEqual((normal(messages), code), (normal(whole), error))

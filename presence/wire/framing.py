@@ -38,7 +38,10 @@ The rules, in the order they are applied:
     terminator: C{\\n} or C{\\r\\n} for a line, the C{}} itself for an
     object.  A message of exactly the limit is allowed; C{limit + 1} bytes
     ending in C{\\r} wait for the next byte, since the C{\\r} may belong to
-    C{\\r\\n}.
+    C{\\r\\n}.  Only in one corner does the read boundary matter: the
+    whitespace between an object and its C{\\n} counts toward the object
+    when the C{\\n} comes in the same read, else toward the blank line that
+    the late C{\\n} makes.
   - An object nested deeper than orjson accepts (1024) is error 3 at once.
 
 Work stays linear in the bytes received: each read is split once on C{\\n}
