@@ -90,6 +90,7 @@ _OBJECT = 2  # inside an object
 _NOT_WS = re.compile(rb"[^ \t\r]")
 _WS = b" \t\r"
 _LBRACE = 0x7B
+_SHORT = 512
 _CR = 0x0D
 
 
@@ -209,9 +210,11 @@ class Framer:
                 if seg[i] != _LBRACE:
                     self._mode = _LINE
                     break
-                # A flat object without escapes (logins, and most else) is
+                # A short flat object without escapes (most messages) is
                 # closed by its first "}" when the quotes before it pair up.
-                p = seg.find(b"}", i)
+                # (Longer ones go to the scanner: counting is slower than
+                # finding.)
+                p = seg.find(b"}", i, i + _SHORT)
                 if (
                     p >= 0
                     and seg.find(b"{", i + 1, p) < 0
