@@ -6,13 +6,11 @@ repeats.  It must never receive anything unasked, and exactly one JSON value
 per message it sends, without a terminator.  L{V0Replies} turns what the
 session would write to a v1 client into those replies.
 
-Detection (the session's job; PROTOCOL.md): a connection is v0 when its
+Detection is the front end's job (PROTOCOL.md; in the line front end,
+C{presence.server.lines}, with C{V0_WAIT}): a connection is v0 when its
 first message ends as an object (L{presence.wire.framing.OBJECT}) and no
-C{\\n} follows within L{DETECT_DELAY} seconds.  Any line (a blank one
-included: the framer reports an object's late C{\\n} as one) or any further
-message before then makes it v1.  Until it is decided, the session holds what
-it would write (welcome, snapshot, a fatal error in the login) and then
-either writes it as it is (v1) or feeds it here (v0).
+C{\\n} follows within 100 ms.  Any line (a blank one included: the framer
+reports an object's late C{\\n} as one) before then makes it v1.
 
 How a session uses it, once it has decided that a connection is v0:
 
@@ -25,8 +23,9 @@ How a session uses it, once it has decided that a connection is v0:
     not blank lines, which carry none), and unless it closed the session
     meanwhile, it writes L{V0Replies.reply}: the one answer to that message.
   - On any fatal error it writes L{V0Replies.fatal} C{(code)}, then closes.
-  - It sends no ping; a v0 connection silent for C{timeout} seconds is
-    closed (error 1: L{V0Replies.fatal} gives nothing to write).
+  - No ping reaches a v0 client (C{feed} drops it); a v0 connection silent
+    for C{timeout} seconds is closed (error 1: L{V0Replies.fatal} gives
+    nothing to write).
   - When the watch list loses friends, it may call L{V0Replies.forget}.
 
 The rules (PROTOCOL.md, "Protocol v0"):
@@ -60,10 +59,6 @@ import orjson
 
 from presence.wire import PING_MSG
 from presence.wire.errors import ErrorCode
-
-DETECT_DELAY = 0.1
-"""Seconds without a C{\\n} after a first message ended as an object before
-the connection is taken for v0."""
 
 ONLINE = b'{"online":true}'
 OFFLINE = b'{"online":false}'
