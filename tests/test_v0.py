@@ -188,6 +188,62 @@ def test_v0_friends_replaced(server: ServerProcess) -> None:
     v1.close()
 
 
+def test_v0_non_fatal_error(server: ServerProcess) -> None:
+    """A repeated login with a bad friends list is answered by the error in
+    the demo's form, and the connection stays open (the old list stays)."""
+    v1 = LineSocket(server.host, server.port)
+    v1.login(51, [])
+    v0 = V0Socket(server, 50, [51])
+    assert v0.ask() == ONLINE
+    good = v0.request
+    v0.request = marshal_login(50, [51, 50])
+    assert v0.ask() == (
+        b'{"msg":"[server] You can\'t be friend with yourself","error":6}')
+    v0.request = good
+    assert v0.ask() == PONG
+    v1.send({"type": "bye"})
+    v1.expect_closed()
+    server.wait_for_log(r"user 51 exits")
+    assert v0.ask() == OFFLINE  # still watching 51: the old list stayed
+    v0.close()
+
+
+def test_v0_other_messages(server: ServerProcess) -> None:
+    """Any message on a v0 connection gets exactly one reply: a v1 ping or a
+    status message, too."""
+    v0 = V0Socket(server, 52, [])
+    assert v0.ask() == PONG
+    v0.sock.sendall(b'{"type":"ping"}')
+    assert v0.read_one() == PONG
+    v0.sock.sendall(b'{"type":"status","status":"away"}')
+    assert v0.read_one() == PONG
+    v0.sock.sendall(b'{"type":"nonsense"}')
+    assert v0.read_one() == b'{"msg":"[server] Invalid message","error":13}'
+    assert v0.ask() == PONG
+    v0.close()
+
+
+def test_v0_idle_timeout(start_server: Callable[..., ServerProcess]) -> None:
+    """A v0 client silent for the timeout is disconnected with nothing sent
+    (no ping, no error line), as the demo did; the log says error 1."""
+    server = start_server("--timeout", "1")
+    v0 = V0Socket(server, 53, [])
+    assert v0.ask() == PONG
+    v0.sock.settimeout(10)
+    assert v0.sock.recv(256) == b""  # closed, and nothing came before
+    server.wait_for_log(r"user 53 exits: client timeout")
+
+
+def test_v0_shutdown(server: ServerProcess) -> None:
+    """On SIGTERM a v0 client gets error 15 in the demo's form (written at
+    once: the client finds it on its next read), then the connection ends."""
+    v0 = V0Socket(server, 54, [])
+    assert v0.ask() == PONG
+    server.stop()
+    assert v0.read_one() == b'{"msg":"[server] Server shutting down","error":15}'
+    v0.expect_closed()
+
+
 def test_v0_queue_overflow(start_server: Callable[..., ServerProcess]) -> None:
     """More than --max-buffer bytes of events waiting for a v0 client that
     does not ask: error 14, then the server closes the connection."""
