@@ -502,3 +502,86 @@ class PropertyTests(SynchronousTestCase):
         chunks = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
         messages, code = frame(chunks)
         self.assertEqual((normal(messages), code), (normal(whole), error))
+
+
+def reference(data: bytes, limit: int) -> tuple[list[Message], ErrorCode | None]:
+    """The rules of the framing, one byte at a time, for input in one read:
+    plain and slow, to check the framer against."""
+    messages: list[Message] = []
+    start = 0  # where the current message's bytes begin
+    state, body, depth, in_str, esc = "start", 0, 0, False, False
+    i, n = 0, len(data)
+
+    def line_end(end: int) -> int:
+        """The length of the line data[start:end], without a final \\r."""
+        return end - start - (1 if end > start and data[end - 1] == 0x0D else 0)
+
+    while i < n:
+        c = data[i : i + 1]
+        if c == b"\n":
+            length = line_end(i)
+            if length > limit:
+                return messages, ErrorCode.LINE_TOO_LONG
+            payload = b"" if state == "start" else data[body:i]
+            if payload.endswith(b"\r"):
+                payload = payload[:-1]
+            messages.append((b"" if payload.isspace() else payload, LINE))
+            start, state = i + 1, "start"
+        elif state == "start":
+            if c == b"{":
+                state, body, depth, in_str, esc = "object", i, 1, False, False
+            elif c not in (b" ", b"\t", b"\r"):
+                state, body = "line", i
+        elif state == "object":
+            if esc:
+                esc = False
+            elif in_str:
+                esc = c == b"\\"
+                in_str = c != b'"'
+            elif c == b'"':
+                in_str = True
+            elif c == b"{":
+                depth += 1
+                if depth > MAX_DEPTH:
+                    return messages, ErrorCode.JSON_DECODING
+            elif c == b"}":
+                depth -= 1
+                if depth == 0:
+                    end = j = i + 1
+                    while j < n and data[j : j + 1] in (b" ", b"\t", b"\r"):
+                        j += 1
+                    if j < n and data[j : j + 1] == b"\n":
+                        if line_end(j) > limit:
+                            return messages, ErrorCode.LINE_TOO_LONG
+                        messages.append((data[body:end], LINE))
+                        start, state, i = j + 1, "start", j + 1
+                        continue
+                    if end - start > limit:
+                        return messages, ErrorCode.LINE_TOO_LONG
+                    messages.append((data[body:end], OBJECT))
+                    start, state = end, "start"
+        i += 1
+    pending = n - start
+    if pending > limit + 1 or (
+        pending == limit + 1 and (data[-1:] != b"\r" or state == "object")
+    ):
+        return messages, ErrorCode.LINE_TOO_LONG
+    return messages, None
+
+
+class ReferenceTests(SynchronousTestCase):
+    @SETTINGS
+    @given(
+        st.lists(
+            st.sampled_from([b"{", b"}", b'"', b"\\", b"\n", b"\r", b" ", b"\t",
+                             b"a", b"\x0b", b"[", b":", b"{}", b'"}"', b'{"a":1}',
+                             b"\r\n", b"\\\\", b'\\"']),
+            max_size=40,
+        ).map(b"".join),
+        st.integers(0, 12),
+    )
+    def test_same_as_reference(self, raw: bytes, limit: int) -> None:
+        """In one read, the framer gives what the byte-by-byte reference
+        gives: the same messages and the same error at the same point."""
+        self.assertEqual(frame([raw], limit), reference(raw, limit))
+        self.assertEqual(frame([raw]), reference(raw, BIG))
