@@ -374,7 +374,7 @@ class LinearWorkTests(SynchronousTestCase):
         self.assertEqual(framer.pending, len(head) + 999)
         self.assertEqual(list(framer.feed(b"}")), [(head + b"}" * 1000, OBJECT)])
         total = len(head) + 1000
-        self.assertEqual(counts["scanned"], total)
+        self.assertLessEqual(counts["scanned"], total)
         self.assertLessEqual(counts["object"], total)
 
     def test_byte_by_byte_login(self) -> None:
@@ -386,7 +386,7 @@ class LinearWorkTests(SynchronousTestCase):
         for i in range(len(login)):
             got += framer.feed(login[i : i + 1])
         self.assertEqual(got, [(login, OBJECT)])
-        self.assertEqual(counts["scanned"], len(login))
+        self.assertLessEqual(counts["scanned"], len(login))
         self.assertLessEqual(counts["object"], len(login))
 
     def test_trickled_line(self) -> None:
@@ -397,7 +397,7 @@ class LinearWorkTests(SynchronousTestCase):
         for i in range(0, len(line), 7):
             self.assertEqual(list(framer.feed(line[i : i + 7])), [])
         self.assertEqual(list(framer.feed(b"\n")), [(line, LINE)])
-        self.assertEqual(counts["scanned"], len(line))
+        self.assertLessEqual(counts["scanned"], len(line))
         self.assertEqual(counts["object"], 0)
 
     def test_whole_lines_not_scanned(self) -> None:
