@@ -52,7 +52,9 @@ scanner's state (depth, in-string, escape), so a message trickling in byte by
 byte, or C{}} by C{}} after a megabyte, is never re-scanned or re-joined.
 Inside an object the next interesting byte is found with C{bytes.find}, each
 kind's position cached until passed, so every byte is looked at a bounded
-number of times in C.
+number of times in C; a read that cannot change an open message's state (no
+C{\\n}, and no brace, quote or backslash where they would count) is just
+appended.
 """
 
 from __future__ import annotations
