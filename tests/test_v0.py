@@ -14,10 +14,9 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import democlient
-import pytest
 from conftest import ServerProcess
 from democlient import DemoResult, marshal_login, tcp_client
+from pytest import MonkeyPatch, fixture, mark
 from sockets import LineSocket
 
 PONG = b'{"msg":"are you still there?","error":0}'
@@ -321,12 +320,12 @@ class ScriptedServer:
         self.listener.close()
 
 
-@pytest.fixture
-def quick_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(democlient, "ROUND", 0.05)
+@fixture
+def quick_rounds(monkeypatch: MonkeyPatch) -> None:
+    monkeypatch.setattr("democlient.ROUND", 0.05)
 
 
-@pytest.mark.usefixtures("quick_rounds")
+@mark.usefixtures("quick_rounds")
 def test_demo_client_counts_and_error() -> None:
     """The demo client writes its login, exactly as json.Marshal does, once
     per round; counts {"online": B} replies, takes a msg with error 0 as a
@@ -343,7 +342,7 @@ def test_demo_client_counts_and_error() -> None:
     assert result.pong.msg == "[server] Invalid UserID"
 
 
-@pytest.mark.usefixtures("quick_rounds")
+@mark.usefixtures("quick_rounds")
 def test_demo_client_two_values_in_one_read() -> None:
     """A read holding two JSON values does not parse: the client stops
     counting, without an error code (as the Go client does)."""
@@ -356,7 +355,7 @@ def test_demo_client_two_values_in_one_read() -> None:
     assert result.ended.startswith("unmarshal")
 
 
-@pytest.mark.usefixtures("quick_rounds")
+@mark.usefixtures("quick_rounds")
 def test_demo_client_msg_rule() -> None:
     """Any read containing "msg" is parsed as {msg, error}, whatever else it
     holds; a v1 presence line is parsed as {online} and counted."""
