@@ -187,6 +187,47 @@ def test_v0_friends_replaced(server: ServerProcess) -> None:
     v1.close()
 
 
+def test_v0_queue_overflow(start_server: Callable[..., ServerProcess]) -> None:
+    """More than --max-buffer bytes of events waiting for a v0 client that
+    does not ask: error 14, then the server closes the connection."""
+    server = start_server("--max-buffer", "64")  # four events fit, not five
+    v0 = V0Socket(server, 30, [31, 32, 33, 34, 35])
+    assert v0.ask() == PONG
+    observer = LineSocket(server.host, server.port)
+    observer.login(36, [31, 32, 33])
+    for uid in (31, 32, 33):
+        friend = LineSocket(server.host, server.port)
+        friend.login(uid, [])
+        friend.send({"type": "bye"})
+        friend.expect_closed()
+        assert observer.presence()["online"] is True
+        assert observer.presence()["online"] is False
+    settled(observer)
+    # Six events (90 bytes) would wait: the connection was cut at the fifth.
+    v0.sock.sendall(v0.request)  # as the demo client's next round does
+    assert v0.read_one() == b'{"msg":"[server] Slow consumer","error":14}'
+    v0.expect_closed()
+    server.wait_for_log(r"user 30 exits: slow consumer")
+    observer.close()
+
+
+def test_v0_demo_client_overflow(start_server: Callable[..., ServerProcess]) -> None:
+    """The demo client itself ends with error 14 when more events arrive
+    between two of its rounds than --max-buffer holds."""
+    server = start_server("--max-buffer", "64")
+    friends = [41, 42, 43, 44, 45]
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(tcp_client, server.host, server.port, 40, friends, 0, 4)
+        server.wait_for_log(r"user 40 joins")
+        for uid in friends:
+            friend = LineSocket(server.host, server.port)
+            friend.login(uid, [])
+            friend.close()
+        result = future.result(30)
+    assert result.error == 14, result
+    assert result.reads[-1] == b'{"msg":"[server] Slow consumer","error":14}'
+
+
 def test_v0_non_fatal_error(server: ServerProcess) -> None:
     """A repeated login with a bad friends list is answered by the error in
     the demo's form, and the connection stays open (the old list stays)."""
@@ -241,47 +282,6 @@ def test_v0_shutdown(server: ServerProcess) -> None:
     server.stop()
     assert v0.read_one() == b'{"msg":"[server] Server shutting down","error":15}'
     v0.expect_closed()
-
-
-def test_v0_queue_overflow(start_server: Callable[..., ServerProcess]) -> None:
-    """More than --max-buffer bytes of events waiting for a v0 client that
-    does not ask: error 14, then the server closes the connection."""
-    server = start_server("--max-buffer", "64")  # four events fit, not five
-    v0 = V0Socket(server, 30, [31, 32, 33, 34, 35])
-    assert v0.ask() == PONG
-    observer = LineSocket(server.host, server.port)
-    observer.login(36, [31, 32, 33])
-    for uid in (31, 32, 33):
-        friend = LineSocket(server.host, server.port)
-        friend.login(uid, [])
-        friend.send({"type": "bye"})
-        friend.expect_closed()
-        assert observer.presence()["online"] is True
-        assert observer.presence()["online"] is False
-    settled(observer)
-    # Six events (90 bytes) would wait: the connection was cut at the fifth.
-    v0.sock.sendall(v0.request)  # as the demo client's next round does
-    assert v0.read_one() == b'{"msg":"[server] Slow consumer","error":14}'
-    v0.expect_closed()
-    server.wait_for_log(r"user 30 exits: slow consumer")
-    observer.close()
-
-
-def test_v0_demo_client_overflow(start_server: Callable[..., ServerProcess]) -> None:
-    """The demo client itself ends with error 14 when more events arrive
-    between two of its rounds than --max-buffer holds."""
-    server = start_server("--max-buffer", "64")
-    friends = [41, 42, 43, 44, 45]
-    with ThreadPoolExecutor(1) as pool:
-        future = pool.submit(tcp_client, server.host, server.port, 40, friends, 0, 4)
-        server.wait_for_log(r"user 40 joins")
-        for uid in friends:
-            friend = LineSocket(server.host, server.port)
-            friend.login(uid, [])
-            friend.close()
-        result = future.result(30)
-    assert result.error == 14, result
-    assert result.reads[-1] == b'{"msg":"[server] Slow consumer","error":14}'
 
 
 # -- the demo client itself, against a scripted server --------------------------
