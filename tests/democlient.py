@@ -4,8 +4,8 @@ The demo (github.com/nick-uk/TCP-Concurrency-Demo, ``client/client.go``)
 ships a client that presence must serve unchanged; PROTOCOL.md, "Protocol
 v0", describes it.  L{tcp_client} behaves as its C{TCPClient} does:
 
-  - sleep C{joindelay}, then dial with a 15 s timeout; a failure returns at
-    once with error 8 and no counts;
+  - sleep C{joindelay}, then dial with a 15 s timeout (C{TCP_NODELAY} on, as
+    Go sets it); a failure returns at once with error 8 and no counts;
   - write the login as Go's C{json.Marshal} writes it (compact, fields
     C{user_id} and C{friends}, each left out when zero or empty, no
     terminator) in one write, then do one read into a 256-byte buffer (15 s
@@ -36,6 +36,7 @@ from typing import Any
 
 TIMEOUT = 15.0
 RECV_SIZE = 256
+ROUND = 1.0  # the sleep between rounds (tests of this module shorten it)
 INT64 = (-(2**63), 2**63 - 1)
 
 
@@ -147,6 +148,8 @@ def tcp_client(
         result.pong = PongMsg(logtag + str(e), 8)
         result.ended = f"dial: {e}"
         return result
+    # Go's net package turns Nagle's algorithm off on every TCP connection.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         deadline = time.monotonic() + stayalive
         request = marshal_login(user_id, friends)
@@ -214,4 +217,4 @@ def _loop(sock: socket.socket, request: bytes, deadline: float,
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return
-        time.sleep(min(1.0, remaining))
+        time.sleep(min(ROUND, remaining))

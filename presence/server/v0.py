@@ -6,6 +6,12 @@ repeats.  It must never receive anything unasked, and exactly one JSON value
 per message it sends, without a terminator.  L{V0Replies} turns what the
 session would write to a v1 client into those replies.
 
+Detection is the front end's job (PROTOCOL.md; in the line front end,
+C{presence.server.lines}, with C{V0_WAIT}): a connection is v0 when its
+first message ends as an object (L{presence.wire.framing.OBJECT}) and no
+C{\\n} follows within 100 ms.  Any line (a blank one included: the framer
+reports an object's late C{\\n} as one) before then makes it v1.
+
 How a session uses it, once it has decided that a connection is v0:
 
   - Everything it would write to a v1 client (welcome, presence events, one
@@ -17,6 +23,10 @@ How a session uses it, once it has decided that a connection is v0:
     not blank lines, which carry none), and unless it closed the session
     meanwhile, it writes L{V0Replies.reply}: the one answer to that message.
   - On any fatal error it writes L{V0Replies.fatal} C{(code)}, then closes.
+  - No ping reaches a v0 client (C{feed} drops it); a v0 connection silent
+    for C{timeout} seconds is closed (error 1: L{V0Replies.fatal} gives
+    nothing to write).
+  - When the watch list loses friends, it may call L{V0Replies.forget}.
 
 The rules (PROTOCOL.md, "Protocol v0"):
 

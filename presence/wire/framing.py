@@ -9,7 +9,7 @@ contract; L{Framer} implements it without any I/O::
     framer = Framer(max_line)
     try:
         for payload, ending in framer.feed(data):
-            ...                      # handle the message; may stop early
+            ...                      # handle the message
     except ProtocolError as e:       # 9 (too long) or 3 (nesting too deep)
         ...                          # fatal: answer it and close
 
@@ -38,7 +38,10 @@ The rules, in the order they are applied:
     terminator: C{\\n} or C{\\r\\n} for a line, the C{}} itself for an
     object.  A message of exactly the limit is allowed; C{limit + 1} bytes
     ending in C{\\r} wait for the next byte, since the C{\\r} may belong to
-    C{\\r\\n}.
+    C{\\r\\n}.  Only in one corner does the read boundary matter: the
+    whitespace between an object and its C{\\n} counts toward the object
+    when the C{\\n} comes in the same read, else toward the blank line that
+    the late C{\\n} makes.
   - An object nested deeper than orjson accepts (1024) is error 3 at once.
 
 Work stays linear in the bytes received: each read is split once on C{\\n}
@@ -49,7 +52,9 @@ scanner's state (depth, in-string, escape), so a message trickling in byte by
 byte, or C{}} by C{}} after a megabyte, is never re-scanned or re-joined.
 Inside an object the next interesting byte is found with C{bytes.find}, each
 kind's position cached until passed, so every byte is looked at a bounded
-number of times in C.
+number of times in C; a read that cannot change an open message's state (no
+C{\\n}, and no brace, quote or backslash where they would count) is just
+appended.
 """
 
 from __future__ import annotations
@@ -86,16 +91,24 @@ _OBJECT = 2  # inside an object
 
 _NOT_WS = re.compile(rb"[^ \t\r]")
 _WS = b" \t\r"
-_LBRACE = 0x7B
+# Byte values: "x in data" and find with an int skip the buffer protocol and
+# cost a fraction of the same with a one-byte bytes object.
+_NL = 0x0A
 _CR = 0x0D
+_QUOTE = 0x22
+_BACKSLASH = 0x5C
+_LBRACE = 0x7B
+_RBRACE = 0x7D
+_SHORT = 512
 
 
 class Framer:
     """Split one connection's input into messages, incrementally.
 
-    Feed it every read, in order; iterate over what L{feed} returns.  The
-    iteration may stop early when the session closes; the framer must not be
-    fed again after that, nor after it raised.
+    Feed it every read, in order, and handle the messages L{feed} returns, in
+    order: at once, or over several reactor turns (the framer's state is
+    already past them when C{feed} returns).  After an error, every feed
+    raises it again.
     """
 
     __slots__ = ("_buf", "_cr", "_depth", "_error", "_esc", "_in_str", "_limit",
@@ -117,7 +130,8 @@ class Framer:
 
     @property
     def pending(self) -> int:
-        """How many bytes of an unfinished message the framer holds counted."""
+        """How many bytes of an unfinished message have been received (0
+        exactly when nothing is carried over: the next read starts afresh)."""
         return self._pending
 
     def feed(self, data: bytes) -> Iterable[Message]:
@@ -136,8 +150,21 @@ class Framer:
             if self._mode or self._pending:
                 # Something is carried from earlier reads: the first segment
                 # continues it.
-                if b"\n" not in data:
-                    if data:
+                if _NL not in data:
+                    mode = self._mode
+                    if not data:
+                        pass
+                    elif mode == _LINE or (
+                        # Nothing in it can change an open object's state.
+                        mode == _OBJECT
+                        and not self._esc
+                        and _QUOTE not in data
+                        and _BACKSLASH not in data
+                        and (self._in_str or (
+                            _LBRACE not in data and _RBRACE not in data))
+                    ):
+                        self._hold(data)
+                    else:
                         self._scan(data, False, out)
                     return out
                 parts = data.split(b"\n")
@@ -149,12 +176,12 @@ class Framer:
                 tail = parts.pop()
             limit = self._limit
             for raw in parts:
-                line = raw[:-1] if raw.endswith(b"\r") else raw
+                line = raw[:-1] if raw[-1:] == b"\r" else raw
                 first = line[:1]
                 if first == b"{":
                     # One object per line, the usual case: its first "}" is
                     # its last byte (or it has none: the decoder answers 3).
-                    p = line.find(b"}")
+                    p = line.find(_RBRACE)
                     if p == len(line) - 1 or p < 0:
                         if len(line) > limit:
                             raise _too_long(limit)
@@ -204,14 +231,16 @@ class Framer:
                 if seg[i] != _LBRACE:
                     self._mode = _LINE
                     break
-                # A flat object without escapes (logins, and most else) is
+                # A short flat object without escapes (most messages) is
                 # closed by its first "}" when the quotes before it pair up.
-                p = seg.find(b"}", i)
+                # (Longer ones go to the scanner: counting is slower than
+                # finding.)
+                p = seg.find(_RBRACE, i, i + _SHORT)
                 if (
                     p >= 0
-                    and seg.find(b"{", i + 1, p) < 0
-                    and seg.find(b"\\", i, p) < 0
-                    and not seg.count(b'"', i, p) & 1
+                    and seg.find(_LBRACE, i + 1, p) < 0
+                    and seg.find(_BACKSLASH, i, p) < 0
+                    and not seg.count(_QUOTE, i, p) & 1
                 ):
                     end = p + 1
                 else:
@@ -273,6 +302,17 @@ class Framer:
         ):
             raise _too_long(limit)
 
+    def _hold(self, data: bytes) -> None:
+        """Carry a whole read that cannot end the message (a trickle)."""
+        self._buf += data
+        total = self._pending = self._pending + len(data)
+        self._cr = data[-1] == _CR
+        limit = self._limit
+        if total > limit and (
+            total > limit + 1 or not self._cr or self._mode == _OBJECT
+        ):
+            raise _too_long(limit)
+
     def _object(self, seg: bytes, pos: int, n: int) -> int:
         """Scan an open object in C{seg[pos:]}: the index after its top-level
         C{}}, or -1 when it is still open at the end (state saved)."""
@@ -282,13 +322,13 @@ class Framer:
             if pos < 0:
                 return -1
         find = seg.find
-        lb = find(b"{", pos)
+        lb = find(_LBRACE, pos)
         if lb < 0:
             lb = n
-        rb = find(b"}", pos)
+        rb = find(_RBRACE, pos)
         if rb < 0:
             rb = n
-        q = find(b'"', pos)
+        q = find(_QUOTE, pos)
         if q < 0:
             q = n
         while True:
@@ -299,14 +339,14 @@ class Framer:
                     return -1
                 # Braces inside the string do not count: look again after it.
                 if lb < pos:
-                    lb = find(b"{", pos)
+                    lb = find(_LBRACE, pos)
                     if lb < 0:
                         lb = n
                 if rb < pos:
-                    rb = find(b"}", pos)
+                    rb = find(_RBRACE, pos)
                     if rb < 0:
                         rb = n
-                q = find(b'"', pos)
+                q = find(_QUOTE, pos)
                 if q < 0:
                     q = n
             elif lb < rb:
@@ -315,7 +355,7 @@ class Framer:
                     raise ProtocolError(
                         ErrorCode.JSON_DECODING, f"nesting deeper than {MAX_DEPTH}"
                     )
-                lb = find(b"{", lb + 1)
+                lb = find(_LBRACE, lb + 1)
                 if lb < 0:
                     lb = n
             elif rb < n:
@@ -323,7 +363,7 @@ class Framer:
                 if depth == 0:
                     self._depth = 0
                     return rb + 1
-                rb = find(b"}", rb + 1)
+                rb = find(_RBRACE, rb + 1)
                 if rb < 0:
                     rb = n
             else:
@@ -338,11 +378,11 @@ class Framer:
                 return -1
             pos += 1  # the escaped byte, whatever it is
             self._esc = False
-        q = seg.find(b'"', pos)
+        q = seg.find(_QUOTE, pos)
         if q < 0:
             q = n
         while True:
-            b = seg.find(b"\\", pos, q)
+            b = seg.find(_BACKSLASH, pos, q)
             if b < 0:
                 if q == n:
                     self._in_str = True
@@ -355,7 +395,7 @@ class Framer:
                 return -1
             pos = b + 2
             if pos > q:  # the quote found was escaped
-                q = seg.find(b'"', pos)
+                q = seg.find(_QUOTE, pos)
                 if q < 0:
                     q = n
 
