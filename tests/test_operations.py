@@ -11,7 +11,6 @@ import socket
 from pathlib import Path
 
 import orjson
-import pytest
 from daemons import ANY_PORT, Running
 from sockets import Closed, LineSocket, wait_until
 
@@ -169,8 +168,6 @@ def test_stopped_is_the_last_line(tmp_path: Path) -> None:
         c.close()
 
 
-@pytest.mark.xfail(strict=True, reason="the lead applies the wording in factory.py "
-                   "and protocol.py (issue 9 finding 8); then drop this marker")
 def test_error_16_names_the_option(tmp_path: Path) -> None:
     """A connection over --max-per-ip is refused with error 16 whose message
     names the option to raise."""
@@ -189,9 +186,6 @@ def test_error_16_names_the_option(tmp_path: Path) -> None:
         server.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="the lead formats peers with "
-                   "presence.server.logs.format_peer in the session (issue 9 "
-                   "finding 7); then drop this marker")
 def test_ipv6_peer_in_brackets(tmp_path: Path) -> None:
     """An IPv6 peer appears as [::1]:PORT in the join and exit lines."""
     server = Running(["--pidfile="], ["--port", r"tcp6:0:interface=\:\:1"],
@@ -210,8 +204,6 @@ def test_ipv6_peer_in_brackets(tmp_path: Path) -> None:
         server.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="the lead calls RefusalLimiter from the "
-                   "session (issue 9 finding 7); then drop this marker")
 def test_refusals_rate_limited(tmp_path: Path) -> None:
     """50 refusals of one address write one "refused" line, and one summary
     (at the latest when the server stops)."""

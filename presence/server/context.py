@@ -8,31 +8,20 @@ the limits hold for the process whichever way clients come in.
 from __future__ import annotations
 
 from twisted.internet import defer
-from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IAddress, IReactorTime
 
 from presence.core.interfaces import IBus
 from presence.core.registry import Registry
 from presence.core.timers import Deadlines
 from presence.server.config import Config
+from presence.server.logs import RefusalLimiter
 from presence.wire.errors import ErrorCode, ProtocolError
 from presence.wire.tokens import TokenVerifier
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from presence.server.session import Session
-
-
-def describe(address: IAddress) -> str:
-    """A peer or host address as logs print it (IPv6 in brackets)."""
-    if isinstance(address, IPv6Address):
-        return f"[{address.host}]:{address.port}"
-    if isinstance(address, IPv4Address):
-        return f"{address.host}:{address.port}"
-    if isinstance(address, UNIXAddress):
-        name = address.name
-        return f"unix:{name.decode() if isinstance(name, bytes) else name or ''}"
-    return str(address)
 
 
 def host_of(address: IAddress) -> str | None:
@@ -59,6 +48,8 @@ class Server:
             clock, offline_grace=config.offline_grace, mutual=config.mutual, bus=bus
         )
         self.deadlines = Deadlines(clock, config.timer_slack)
+        # Refusals are logged once per address and interval, then summed up.
+        self.refusals = RefusalLimiter(clock)
         self.connections: set[Session] = set()
         # Deliveries, messages and KiB handled so far: what fair share
         # counts a connection's turn in (and a metric).
@@ -80,12 +71,9 @@ class Server:
         if self._stopping:
             return "server shutting down"
         if len(self.connections) > self.config.max_connections:
-            return f"server holds {self.config.max_connections}"
+            return f"server holds {self.config.max_connections} (--max-connections)"
         if host is not None and self._per_ip[host] > self.config.max_per_ip:
-            return (
-                f"{self.config.max_per_ip} from {host} "
-                "(raise --max-per-ip for proxies and load tests)"
-            )
+            return f"{self.config.max_per_ip} from {host} (--max-per-ip)"
         return ""
 
     def connection_lost(self, session: Session) -> None:
@@ -114,6 +102,7 @@ class Server:
         """Send every session error 15 and close it; fire when all are gone."""
         self._stopping = True
         self.registry.stop()
+        self.refusals.flush()
         d: defer.Deferred[None] = defer.Deferred()
         if not self.connections:
             d.callback(None)

@@ -26,7 +26,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from presence import wire
-from presence.server.context import Server, describe, host_of
+from presence.server.context import Server, host_of
+from presence.server.logs import format_peer
 from presence.server.session import IPeer, Session, login_line_too_long
 from presence.server.writer import supported, write_now
 from presence.wire.errors import ErrorCode, ProtocolError
@@ -82,7 +83,7 @@ class LineProtocol(Protocol):
             self.transport.setTcpNoDelay(True)
         self._direct = supported(self.transport)
         peer: IAddress = self.transport.getPeer()
-        self.address = describe(peer)
+        self.address = format_peer(peer)
         self.host = host_of(peer)
         self.session = Session(server, self)
         self.transport.registerProducer(self, True)

@@ -28,7 +28,7 @@ from typing import Any
 
 from twisted.application.service import IServiceCollection, MultiService, Service
 from twisted.internet import defer
-from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IListeningPort,
@@ -41,6 +41,8 @@ from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
+
+from presence.server.logs import format_peer
 
 # Sessions get this long to take their error 15 before they are aborted, so
 # that the process exits well within the 5 s a supervisor allows.
@@ -149,12 +151,8 @@ class FrontEnd(Service):
         assert self.port is not None
         host = self.port.getHost()
         if isinstance(host, (IPv4Address, IPv6Address)):
-            h = f"[{host.host}]" if isinstance(host, IPv6Address) else host.host
-            return f"{self.scheme}:{h}:{host.port}"
-        if isinstance(host, UNIXAddress):
-            name = host.name
-            return f"unix:{name.decode() if isinstance(name, bytes) else name}"
-        return str(host)
+            return f"{self.scheme}:{format_peer(host)}"
+        return format_peer(host)
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()

@@ -276,7 +276,7 @@ class Session:
         if registry.session_count(uid) >= config.max_sessions:
             raise ProtocolError(
                 ErrorCode.TOO_MANY_CONNECTIONS,
-                f"user {uid} has {config.max_sessions} sessions",
+                f"user {uid} has {config.max_sessions} sessions (--max-sessions)",
             )
         self.user_id = uid
         self.friends = id_list(message.friends)
@@ -369,7 +369,9 @@ class Session:
         if self.closing:
             return
         self._exit = EXIT_REASONS.get(error.code, error.message.lower())
-        if self.user_id is None:
+        if self.user_id is None and self.server.refusals.refused(
+            self.host or self.peer.address, error.message
+        ):
             self.log.info(
                 "{peer} refused: {msg}", peer=self.peer.address, msg=error.message
             )
