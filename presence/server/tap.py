@@ -42,6 +42,9 @@ NUMBERS: dict[str, tuple[type[int] | type[float], bool]] = {
     "max-per-ip": (int, False),
     "max-sessions": (int, False),
     "max-buffer": (int, False),
+    "max-login-line": (int, False),
+    "max-unfinished": (int, False),
+    "turn-budget": (int, False),
 }
 
 
@@ -93,6 +96,15 @@ class Options(usage.Options):
         ["max-buffer", None, MIB,
          "Most bytes queued for a client that does not read before it is cut "
          "off (error 14)."],
+        ["max-login-line", None, MIB // 2,
+         "Longest line accepted before the login, in bytes (error 9)."],
+        ["max-unfinished", None, 128 * MIB,
+         "Most bytes of unfinished lines held for all connections together "
+         "(the connection that adds more: error 16)."],
+        ["turn-budget", None, 1000,
+         "Work one connection may do in a reactor turn (about one unit per "
+         "delivery, message and KiB) before the rest waits for the next turn "
+         "and its socket is read more slowly."],
         ["timer-slack", None, 0.25,
          "Seconds a ping or timeout may come late, so that one wakeup serves "
          "many idle connections."],
@@ -148,6 +160,9 @@ class Options(usage.Options):
             max_sessions=self["max-sessions"],
             max_buffer=self["max-buffer"],
             timer_slack=self["timer-slack"],
+            max_login_line=self["max-login-line"],
+            max_unfinished=self["max-unfinished"],
+            turn_budget=self["turn-budget"],
         )
 
 
