@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet import reactor
@@ -41,7 +42,7 @@ class Fakes:
         self.disconnected: list[int] = []
         self.fail = False
 
-    def lookup(self, ids: list[int]) -> Any:
+    def lookup(self, ids: Sequence[int]) -> Any:
         self.lookups.append(list(ids))
         if self.fail:
             raise RuntimeError("the bus is broken")
@@ -72,7 +73,7 @@ class AdminTestCase(unittest.TestCase):
         self.site = self.make_site()
         self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
-        self.base = f"http://127.0.0.1:{self.port.getHost().port}"
+        self.base = f"http://127.0.0.1:{self.port.getHost().port}"  # type: ignore[attr-defined]
         self.agent = Agent(reactor)
 
     def make_site(self, **kwargs: Any) -> Any:
@@ -222,7 +223,7 @@ class MetricsTests(AdminTestCase):
         up = [True]
         self.site = self.make_site(cluster_nodes=lambda: 4, redis_up=lambda: up[0])
         self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
-        self.base = f"http://127.0.0.1:{self.port.getHost().port}"
+        self.base = f"http://127.0.0.1:{self.port.getHost().port}"  # type: ignore[attr-defined]
         values = yield self.scrape()
         self.assertEqual(values["presence_cluster_nodes"], 4)
         self.assertEqual(values["presence_redis_up"], 1)
