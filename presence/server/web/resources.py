@@ -1,9 +1,10 @@
 """The HTTP side of the WebSocket port: the browser client and the demo page.
 
 L{web_root} builds the resource tree served on C{--websocket}: C{/} (the demo
-page), C{/presence.js} (the ES module), C{/demo.js}, C{/demo.css}, and the
-WebSocket resource at C{/ws} when one is given.  The files are read once, at
-import, from the package's C{static} directory.
+page), C{/presence.js} (the ES module), C{/demo.js}, C{/demo.css},
+C{/favicon.svg}, and the WebSocket resource at C{/ws} when one is given.  The
+files are read once, when the tree is built, from the package's C{static}
+directory.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ TYPES = {
     "presence.js": b"text/javascript; charset=utf-8",
     "demo.js": b"text/javascript; charset=utf-8",
     "demo.css": b"text/css; charset=utf-8",
+    "favicon.svg": b"image/svg+xml",
 }
 
 
