@@ -35,6 +35,7 @@ from twisted.internet.defer import Deferred, TimeoutError, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -205,31 +206,26 @@ class BadRequest(Exception):
 
 
 class JsonResource(Resource):
-    """A leaf answering JSON; methods without a render_X get a JSON 405."""
+    """A leaf answering JSON; other methods than C{methods} get a JSON 405."""
 
     isLeaf = True
+    methods: tuple[str, ...] = ("GET", "HEAD")
 
     def render(self, request: Request) -> bytes | int:
         if request.postpath and request.postpath != [b""]:
             return _json(request, 404, {"error": "not found"})
         method = request.method.decode("ascii", "replace")
-        handler = getattr(self, f"render_{method}", None)
-        if handler is None:
-            allowed = sorted(
-                name[7:] for name in dir(self) if name.startswith("render_")
-                and name[7:].isupper()
-            )
-            request.setHeader(b"allow", ", ".join(allowed).encode())
-            return _json(request, 405, {"error": f"method {method} not allowed"})
+        if method not in self.methods:
+            request.setHeader(b"allow", ", ".join(self.methods).encode())
+            return _json(request, 405, {"error": f"method {method[:20]} not allowed"})
         try:
-            result: bytes | int = handler(request)
+            if method == "HEAD":
+                body = self.render_GET(request)
+                return body if isinstance(body, int) else b""
+            result: bytes | int = getattr(self, f"render_{method}")(request)
         except BadRequest as e:
             return _json(request, 400, {"error": str(e)})
         return result
-
-    def render_HEAD(self, request: Request) -> bytes | int:
-        body = self.render_GET(request)
-        return body if isinstance(body, int) else b""
 
     def render_GET(self, request: Request) -> bytes | int:
         raise NotImplementedError
@@ -360,6 +356,8 @@ class PresenceQuery(Authorized):
 
 
 class Disconnector(Authorized):
+    methods = ("POST",)
+
     def __init__(
         self,
         disconnect: Disconnect,
@@ -391,13 +389,15 @@ class Disconnector(Authorized):
         d: Deferred[Any] = maybeDeferred(self.disconnect, uid)
         return self.answer_later(request, d, lambda n: {"disconnected": int(n)})
 
-    def render_GET(self, request: Request) -> bytes:
-        request.setHeader(b"allow", b"POST")
-        return _json(request, 405, {"error": "method GET not allowed"})
 
-    def render_HEAD(self, request: Request) -> bytes:
-        self.render_GET(request)
-        return b""
+class AdminChannel(HTTPChannel):
+    """HTTP/1.1 with room for 1,000 ids in a request line (about 28 KB)."""
+
+    MAX_LENGTH = totalHeadersSize = 64 * 1024
+
+
+class AdminSite(Site):
+    protocol = AdminChannel  # type: ignore[assignment]
 
 
 class Root(Resource):
@@ -451,7 +451,7 @@ def admin_site(
     v1.putChild(b"presence", PresenceQuery(lookup, token, clock, timeout))
     v1.putChild(b"disconnect", Disconnector(disconnect, token, clock, timeout))
     root.putChild(b"v1", v1)
-    site = Site(root)
+    site = AdminSite(root)
     site.displayTracebacks = False
     site.noisy = False
     return site

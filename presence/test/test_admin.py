@@ -153,8 +153,9 @@ class HealthTests(AdminTestCase):
         self.assertEqual(response.code, 405)
         self.assertIn(b"GET", response.headers.getRawHeaders(b"allow")[0])
         self.assertIn("error", json.loads(content))
-        code, _ = yield self.json("/v1/disconnect")
-        self.assertEqual(code, 405)
+        response, _ = yield self.request("/v1/disconnect")
+        self.assertEqual(response.code, 405)
+        self.assertEqual(response.headers.getRawHeaders(b"allow"), [b"POST"])
 
 
 class MetricsTests(AdminTestCase):
@@ -308,6 +309,13 @@ class PresenceTests(AdminTestCase):
         code, body = yield self.json("/v1/presence?" + query + "&user_id=5")
         self.assertEqual(code, 400)
         self.assertIn("1000", body["error"])
+
+    @inlineCallbacks
+    def test_1000_long_ids(self) -> Any:
+        """1,000 ids of 19 digits (a 28 KB request line) are answered."""
+        query = "&".join(f"user_id={MAX_USER_ID - i}" for i in range(1000))
+        code, body = yield self.json("/v1/presence?" + query)
+        self.assertEqual((code, len(body["users"])), (200, 1000))
 
 
 class DisconnectTests(AdminTestCase):
