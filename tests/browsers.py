@@ -134,14 +134,13 @@ def static_site_fixture() -> Iterator[StaticSite]:
     site.stop()
 
 
-def listening(lines: list[str], what: str) -> str:
-    """The endpoint of a ``presence <what> listening on ENDPOINT`` log line."""
-    pattern = re.compile(rf"presence {what} listening on (\S+)")
-    for line in lines:
-        m = pattern.search(line)
-        if m:
-            return m.group(1)
-    raise AssertionError(f"no 'presence {what} listening on' line in the log")
+def listening(server: Any, what: str) -> str:
+    """The endpoint of the server's ``presence <what> listening on ENDPOINT``
+    log line (waited for: the TCP line may come first)."""
+    line = server.wait_for_log(rf"presence {what} listening on \S+")
+    m = re.search(rf"presence {what} listening on (\S+)", line)
+    assert m is not None
+    return m.group(1)
 
 
 def port_of(endpoint: str) -> int:

@@ -5,7 +5,11 @@ and autobahn, with plain TCP lines as the floor.
     python tools/ws_measure.py --lib twisted --connections 5000 --rounds 40
     python tools/ws_measure.py --lib autobahn --connections 5000 --rounds 40
     python tools/ws_measure.py --lib tcp --connections 5000 --rounds 40
-    python tools/ws_measure.py --lib all          # the three, one after another
+    python tools/ws_measure.py --lib adapter --connections 5000 --rounds 40
+    python tools/ws_measure.py --lib all          # the four, one after another
+
+"adapter" is presence's own WebSocket front end on twisted.web.websocket
+(presence.server.web.websocket), with a stand-in session.
 
 The server is a presence stand-in in a child process (pinned to CPU 0 when
 there are several): it accepts connections (WebSocket upgrade at /ws, or TCP
@@ -83,6 +87,38 @@ if lib == "twisted":
     root.putChild(b"ws", WebSocketResource(Factory()))
     factory = Site(root)
     factory.noisy = False
+    factory.log = lambda request: None
+
+elif lib == "adapter":
+    # presence's own front end (presence.server.web.websocket): frames built
+    # from the bytes and written to the TCP transport, the request dropped
+    # after the upgrade.
+    from twisted.web.server import Site
+    from presence.server.web.resources import web_root
+    from presence.server.web.websocket import websocket_resource
+
+    line = MESSAGE.encode() + b"\n"
+
+    class Session:
+        def __init__(self, peer):
+            self.peer = peer
+            peers.add(self)
+
+        def data_received(self, data):
+            if data == b"fan\n":
+                for p in list(peers):
+                    p.peer.write(line)
+
+        def connection_lost(self):
+            peers.discard(self)
+
+        def pause_producing(self):
+            pass
+
+        def resume_producing(self):
+            pass
+
+    factory = Site(web_root(websocket_resource(Session, 1 << 20)))
     factory.log = lambda request: None
 
 elif lib == "autobahn":
@@ -242,7 +278,8 @@ def measure(lib: str, connections: int, rounds: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lib", choices=["twisted", "autobahn", "tcp", "all"],
+    parser.add_argument("--lib",
+                        choices=["twisted", "adapter", "autobahn", "tcp", "all"],
                         default="all")
     parser.add_argument("--connections", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=40)
@@ -251,7 +288,9 @@ def main(argv: list[str] | None = None) -> None:
     want = args.connections * 2 + 100
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
-    libs = ["tcp", "twisted", "autobahn"] if args.lib == "all" else [args.lib]
+    libs = (
+        ["tcp", "twisted", "adapter", "autobahn"] if args.lib == "all" else [args.lib]
+    )
     print(f"{'library':<10} {'KiB/idle session':>17} {'µs CPU/delivery':>16} "
           f"{'deliveries/s':>13}")
     for lib in libs:
