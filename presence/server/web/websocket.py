@@ -110,6 +110,10 @@ class WebSocketPeer:
     session's peer, and the TCP transport's producer."""
 
     transport_name = "websocket"
+    __slots__ = (
+        "_delivered", "_paused", "_unfinished", "address", "closing", "limit",
+        "make_session", "origin", "request", "session", "tcp", "ws",
+    )
 
     def __init__(
         self, request: Request, make_session: SessionFactory, max_message: int
@@ -140,6 +144,10 @@ class WebSocketPeer:
         # The HTTP channel's idle timeout would end the connection after
         # Site.timeout: the session has its own timers now.
         channel.setTimeout(None)
+        # Nor does it need the upgrade request any more (its headers, body
+        # and state are a good part of an idle session's memory).
+        if isinstance(getattr(channel, "requests", None), list):
+            channel.requests.clear()
         if ITCPTransport.providedBy(self.tcp):
             self.tcp.setTcpNoDelay(True)
         # Count what arrives before Twisted's wire protocol buffers it.
