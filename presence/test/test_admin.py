@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -429,3 +430,36 @@ class UnitTests(unittest.TestCase):
         self.assertEqual(
             admin.state_json(2, gone), {"user_id": 2, "online": False, "sessions": 0}
         )
+
+
+class DocumentTests(AdminTestCase):
+    """The dashboard and the exposition format stay in step with /metrics."""
+
+    @inlineCallbacks
+    def test_dashboard_metrics_exist(self) -> Any:
+        """Every presence_* metric the Grafana dashboard queries is exported
+        (cluster gauges included), in a format Prometheus parses."""
+        from pathlib import Path
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        self.port.stopListening()
+        self.site = self.make_site(cluster_nodes=lambda: 1, redis_up=lambda: True)
+        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
+        self.base = f"http://127.0.0.1:{self.port.getHost().port}"  # type: ignore[attr-defined]
+        _, content = yield self.request("/metrics")
+        yield self.port.stopListening()
+        exported = {
+            sample.name
+            for family in text_string_to_metric_families(content.decode())
+            for sample in family.samples
+        }
+        docs = Path(__file__).resolve().parents[2] / "docs"
+        queried = set()
+        dashboard = json.loads((docs / "grafana-dashboard.json").read_text())
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                names = re.findall(r"\b(?:presence|process)_[a-z_]+", target["expr"])
+                queried.update(names)
+        self.assertTrue(queried)
+        self.assertEqual(queried - exported, set())
