@@ -276,6 +276,35 @@ def test_retries_after_shutdown(page: Any, static_site: StaticSite) -> None:
     assert h.sockets() == 2
 
 
+def test_silent_server_is_dropped(page: Any, static_site: StaticSite) -> None:
+    """A server silent for 1.5 timeouts is taken for dead: the client closes
+    the socket and reconnects."""
+    h = Harness(page, static_site.url, userId=1, friends=[])
+    h.login(1, [])
+    live = [t for t in h.timers() if not t["cleared"]]
+    assert [t["delay"] for t in live] == [15 * 1500]
+    h.page.evaluate(
+        "(() => { const t = window.timers.filter((t) => !t.cleared).at(-1);"
+        " t.cleared = true; t.fn(); })()"
+    )
+    assert h.page.evaluate("window.sockets[0].closed") == 4000
+    assert h.events()[-1][1]["willReconnect"] is True
+    h.fire_reconnect()
+    assert h.sockets() == 2
+
+
+def test_no_reconnect_option(page: Any, static_site: StaticSite) -> None:
+    """With reconnect: false a lost connection is final, and says so."""
+    h = Harness(page, static_site.url, userId=1, friends=[], reconnect=False)
+    h.login(1, [])
+    h.events()
+    h.drop(1006)
+    assert h.events()[-1] == ["close", {"code": 1006, "reason": "",
+                                        "willReconnect": False, "error": None}]
+    assert [t for t in h.timers() if not t["cleared"]] == []
+    assert h.call("return window.client.state") == "closed"
+
+
 def test_close_says_bye(page: Any, static_site: StaticSite) -> None:
     """close() sends bye, closes the socket and never reconnects."""
     h = Harness(page, static_site.url, userId=1, friends=[])

@@ -165,7 +165,7 @@ export class PresenceClient extends EventTarget {
     this._emit("close", {
       code,
       reason,
-      willReconnect: !this._stopped,
+      willReconnect: !this._stopped && this._reconnect,
       error: this._stopError,
     });
   }
@@ -200,7 +200,6 @@ export class PresenceClient extends EventTarget {
     }
     this._ws = ws;
     this.state = "connecting";
-    this._fatal = null;
     ws.onopen = () => {
       if (ws !== this._ws) return;
       const login = { type: "login", user_id: this.userId, friends: [...this._friends] };
