@@ -26,10 +26,16 @@ and the session calls on the peer:
 Limits: Twisted reassembles a fragmented message before delivering it, so the
 peer bounds what it buffers itself: when more than C{max_message} bytes
 (plus L{SLACK} for frame headers and control frames) arrive without
-completing a message, the session is given L{TOO_LONG}, an unterminated line
-longer than its limit, and answers with error 9.  Nothing here buffers
-without bound: writes go straight to the TCP transport, whose fill level the
-session watches through the producer calls.
+completing a message, the session is given an unterminated line longer than
+its limit (C{max_message + 1} bytes), and answers with error 9 (an explicit
+call on the session would be cleaner, once the session has one).  Nothing
+here buffers without bound: writes go straight to the TCP transport, whose
+fill level the session watches through the producer calls.
+
+Fair share: Twisted delivers every message of one read (at most 64 KiB) at
+once, also after C{pause_reading()}, which only stops the next reads; the
+session queues what it cannot handle in this turn, as it does for the lines
+of one TCP read.
 
 C{--allowed-origin}: L{OriginCheckedResource} answers 403 to a handshake
 whose C{Origin} is not listed (any origin may connect when the list is
@@ -112,7 +118,7 @@ class WebSocketPeer:
     transport_name = "websocket"
     __slots__ = (
         "_delivered", "_paused", "_unfinished", "address", "closing", "limit",
-        "make_session", "origin", "request", "session", "tcp", "ws",
+        "make_session", "max_message", "origin", "request", "session", "tcp", "ws",
     )
 
     def __init__(
@@ -122,6 +128,7 @@ class WebSocketPeer:
         self.address: IAddress = request.getClientAddress()
         self.origin = (request.getHeader(b"origin") or b"").decode("latin-1")
         self.make_session = make_session
+        self.max_message = max_message
         self.limit = max_message + SLACK
         self.ws: WebSocketTransport | None = None
         self.tcp: Any = None
@@ -179,7 +186,7 @@ class WebSocketPeer:
         self._unfinished = 0
         if session is not None:
             # An unterminated line over the session's limit: error 9.
-            session.data_received(b"x" * (self.limit + 1))
+            session.data_received(b"x" * (self.max_message + 1))
 
     def textMessageReceived(self, message: str) -> None:
         self._delivered = True
