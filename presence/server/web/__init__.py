@@ -1,0 +1,1 @@
+"""The browser side: static files, HTTP resources, the WebSocket front end."""

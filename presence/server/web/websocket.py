@@ -1,0 +1,304 @@
+"""The WebSocket front end (prototype): text messages to and from a session.
+
+Built on Twisted's own twisted.web.websocket (wsproto underneath), chosen by
+measurement (docs/browser.rst, "Why this library").  The session core is
+transport-agnostic: it is given a peer (L{WebSocketPeer}) to write to, and the
+peer feeds it what the client sends:
+
+  - C{session.data_received(message)}: one text message, UTF-8, always ending
+    in C{\\n} (one JSON line, as over TCP).  A binary message is passed on as
+    L{BINARY}, a line that is not UTF-8, so that the session answers it with
+    error 3 like any undecodable line.
+  - C{session.connection_lost()}: the connection is gone.
+  - C{session.pause_producing()} / C{session.resume_producing()}: the
+    client stopped / started reading again (the TCP transport's send buffer
+    is full / drained): the session counts what it writes meanwhile and cuts
+    the client off with error 14, exactly as over TCP.
+
+and the session calls on the peer:
+
+  - C{write(data)}: one or more JSON lines; each becomes one text message
+    without its C{\\n}.  Frames are built here, from the bytes as they are
+    (no decoding and re-encoding), and written to the TCP transport.
+  - C{close()} (a close frame, then close after flushing), C{abort()},
+    C{pause_reading()}, C{resume_reading()}.
+
+Limits: Twisted reassembles a fragmented message before delivering it, so the
+peer bounds what it buffers itself: when more than C{max_message} bytes
+(plus L{SLACK} for frame headers and control frames) arrive without
+completing a message, the session is given an unterminated line longer than
+its limit (C{max_message + 1} bytes), and answers with error 9 (an explicit
+call on the session would be cleaner, once the session has one).  Nothing
+here buffers without bound: writes go straight to the TCP transport, whose
+fill level the session watches through the producer calls.
+
+Fair share: Twisted delivers every message of one read (at most 64 KiB) at
+once, also after C{pause_reading()}, which only stops the next reads; the
+session queues what it cannot handle in this turn, as it does for the lines
+of one TCP read.
+
+C{--allowed-origin}: L{OriginCheckedResource} answers 403 to a handshake
+whose C{Origin} is not listed (any origin may connect when the list is
+empty).  A handshake without C{Origin} is not a browser's (browsers always
+send it); it is let in, since a non-browser client could send any Origin.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Collection
+from typing import Any, Protocol
+
+from twisted.internet.interfaces import IAddress, IPushProducer, ITCPTransport
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Request
+from twisted.web.websocket import WebSocketResource, WebSocketTransport
+from zope.interface import implementer
+
+BINARY = b"\xff\n"
+SLACK = 64 * 1024
+
+log = Logger()
+
+
+class SessionHandler(Protocol):
+    """What the peer drives: the session core, seen from a front end."""
+
+    def data_received(self, data: bytes) -> None: ...
+
+    def connection_lost(self) -> None: ...
+
+    def pause_producing(self) -> None: ...
+
+    def resume_producing(self) -> None: ...
+
+
+class Peer(Protocol):
+    """What a front end gives the session (TCP lines and WebSocket alike)."""
+
+    transport_name: str
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+SessionFactory = Callable[["WebSocketPeer"], SessionHandler]
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A server's (unmasked) text frame holding C{payload}."""
+    n = len(payload)
+    if n < 126:
+        return b"\x81" + bytes((n,)) + payload
+    if n < 1 << 16:
+        return b"\x81\x7e" + struct.pack("!H", n) + payload
+    return b"\x81\x7f" + struct.pack("!Q", n) + payload
+
+
+def frames(data: bytes) -> bytes:
+    """C{data}'s JSON lines as text frames, one per line, without the C{\\n}."""
+    if data.endswith(b"\n") and data.count(b"\n") == 1:
+        return text_frame(data[:-1])
+    return b"".join(text_frame(line) for line in data.split(b"\n") if line)
+
+
+@implementer(IPushProducer)
+class WebSocketPeer:
+    """One WebSocket connection: twisted.web.websocket's protocol side, the
+    session's peer, and the TCP transport's producer."""
+
+    transport_name = "websocket"
+    __slots__ = (
+        "_delivered", "_paused", "_unfinished", "address", "closing", "limit",
+        "make_session", "max_message", "origin", "request", "session", "tcp", "ws",
+    )
+
+    def __init__(
+        self, request: Request, make_session: SessionFactory, max_message: int
+    ) -> None:
+        self.request: Request | None = request
+        self.address: IAddress = request.getClientAddress()
+        self.origin = (request.getHeader(b"origin") or b"").decode("latin-1")
+        self.make_session = make_session
+        self.max_message = max_message
+        self.limit = max_message + SLACK
+        self.ws: WebSocketTransport | None = None
+        self.tcp: Any = None
+        self.session: SessionHandler | None = None
+        self.closing = False
+        self._unfinished = 0  # bytes received since the last whole message
+        self._delivered = False
+        self._paused = False
+
+    # -- twisted.web.websocket's WebSocketProtocol -----------------------------
+
+    def negotiationStarted(self, transport: WebSocketTransport) -> None:
+        self.ws = transport
+
+    def negotiationFinished(self) -> None:
+        request, self.request = self.request, None  # not needed any more
+        assert request is not None and self.ws is not None
+        channel = request.channel
+        self.tcp = channel.transport
+        # The HTTP channel's idle timeout would end the connection after
+        # Site.timeout: the session has its own timers now.
+        channel.setTimeout(None)
+        # Nor does it need the upgrade request any more (its headers, body
+        # and state are a good part of an idle session's memory).
+        if isinstance(getattr(channel, "requests", None), list):
+            channel.requests.clear()
+        if ITCPTransport.providedBy(self.tcp):
+            self.tcp.setTcpNoDelay(True)
+        # Count what arrives before Twisted's wire protocol buffers it.
+        inner = channel.dataReceived
+        channel.dataReceived = self._guard(inner)  # type: ignore[method-assign]
+        # The HTTP channel was the transport's producer until the upgrade.
+        self.tcp.unregisterProducer()
+        self.ws.attachProducer(self)
+        self.session = self.make_session(self)
+
+    def _guard(self, inner: Callable[[bytes], None]) -> Callable[[bytes], None]:
+        def data_received(data: bytes) -> None:
+            if self.closing:
+                return
+            self._unfinished += len(data)
+            if self._unfinished > self.limit:
+                self._too_long()
+                return
+            self._delivered = False
+            inner(data)
+            if self._delivered:
+                # Up to one read's worth of a next message is forgiven here.
+                self._unfinished = 0
+
+        return data_received
+
+    def _too_long(self) -> None:
+        session = self.session
+        self._unfinished = 0
+        if session is not None:
+            # An unterminated line over the session's limit: error 9.
+            session.data_received(b"x" * (self.max_message + 1))
+
+    def textMessageReceived(self, message: str) -> None:
+        self._delivered = True
+        if self.closing or self.session is None:
+            return
+        data = message.encode("utf-8")
+        if not data.endswith(b"\n"):
+            data += b"\n"
+        self.session.data_received(data)
+
+    def bytesMessageReceived(self, data: bytes | bytearray) -> None:
+        self._delivered = True
+        if self.closing or self.session is None:
+            return
+        self.session.data_received(BINARY)
+
+    def pongReceived(self, payload: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.closing = True
+        session, self.session = self.session, None
+        if session is not None:
+            session.connection_lost()
+
+    # -- the session's peer ----------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.closing or self.tcp is None:
+            return
+        self.tcp.write(frames(data))
+
+    def close(self) -> None:
+        """A close frame after what is written, then close after flushing."""
+        if self.closing or self.ws is None:
+            return
+        self.closing = True
+        # A paused streaming producer would keep loseConnection waiting.
+        self.ws.detachProducer()
+        try:
+            self.ws.loseConnection(1000)
+        except Exception:  # wsproto: the client's close frame came first
+            self.tcp.loseConnection()
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.tcp is not None:
+            self.tcp.abortConnection()
+
+    def pause_reading(self) -> None:
+        if self.tcp is not None:
+            self.tcp.pauseProducing()
+
+    def resume_reading(self) -> None:
+        if self.tcp is not None and not self.closing:
+            self.tcp.resumeProducing()
+
+    # -- IPushProducer: the TCP transport's send buffer ---------------------------
+
+    # Twisted calls pauseProducing on every write while the buffer stays
+    # full: the session hears of transitions only.
+
+    def pauseProducing(self) -> None:
+        if self.session is not None and not self._paused:
+            self._paused = True
+            self.session.pause_producing()
+
+    def resumeProducing(self) -> None:
+        if self.session is not None and self._paused:
+            self._paused = False
+            self.session.resume_producing()
+
+    def stopProducing(self) -> None:
+        pass  # connectionLost follows
+
+
+class WebSocketFrontEnd:
+    """twisted.web.websocket's server factory: a L{WebSocketPeer} per upgrade."""
+
+    def __init__(self, make_session: SessionFactory, max_message: int) -> None:
+        self.make_session = make_session
+        self.max_message = max_message
+
+    def buildProtocol(self, request: Request) -> WebSocketPeer:
+        return WebSocketPeer(request, self.make_session, self.max_message)
+
+
+class OriginCheckedResource(WebSocketResource):
+    """The C{/ws} resource: refuses (403) origins not in C{allowed_origins}."""
+
+    def __init__(
+        self, front_end: WebSocketFrontEnd, allowed_origins: Collection[str] = ()
+    ) -> None:
+        super().__init__(front_end)
+        self.allowed = frozenset(o.rstrip("/").lower() for o in allowed_origins)
+
+    def render_GET(self, request: Request) -> bytes | int:
+        origin = request.getHeader(b"origin")
+        if self.allowed and origin is not None:
+            if origin.decode("latin-1").rstrip("/").lower() not in self.allowed:
+                request.setResponseCode(403)
+                request.setHeader(b"content-type", b"text/plain")
+                return b"origin not allowed\n"
+        return super().render_GET(request)
+
+
+def websocket_resource(
+    make_session: SessionFactory,
+    max_message: int,
+    allowed_origins: Collection[str] = (),
+) -> OriginCheckedResource:
+    """The resource to put at C{/ws} (see L{presence.server.web.resources})."""
+    return OriginCheckedResource(
+        WebSocketFrontEnd(make_session, max_message), allowed_origins
+    )

@@ -1,0 +1,283 @@
+"""The WebSocket front end (prototype) over real loopback sockets, with a fake
+session behind it and twisted.web.websocket's client in front."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.trial import unittest
+from twisted.web.client import Agent, readBody
+from twisted.web.http_headers import Headers
+from twisted.web.server import Site
+from twisted.web.websocket import WebSocketClientEndpoint, WebSocketTransport
+
+from presence.server.web import websocket
+from presence.server.web.resources import web_root
+
+MAX = 1000
+
+
+class FakeSession:
+    """Records what the peer tells it; the test writes through its peer."""
+
+    def __init__(self, peer: websocket.WebSocketPeer) -> None:
+        self.peer = peer
+        self.data: list[bytes] = []
+        self.events: list[str] = []
+        self.waiting: list[tuple[Any, Deferred[None]]] = []
+
+    def wait(self, predicate: Any) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.waiting.append((predicate, d))
+        self._check()
+        return d
+
+    def _check(self) -> None:
+        for item in list(self.waiting):
+            if item[0](self):
+                self.waiting.remove(item)
+                item[1].callback(None)
+
+    def data_received(self, data: bytes) -> None:
+        self.data.append(data)
+        self._check()
+
+    def connection_lost(self) -> None:
+        self.events.append("lost")
+        self._check()
+
+    def pause_producing(self) -> None:
+        self.events.append("pause")
+        self._check()
+
+    def resume_producing(self) -> None:
+        self.events.append("resume")
+        self._check()
+
+
+class Client:
+    """twisted.web.websocket's client side, recording messages."""
+
+    def __init__(self) -> None:
+        self.messages: list[str | bytes] = []
+        self.lost: Deferred[None] = Deferred()
+        self.waiting: list[tuple[int, Deferred[None]]] = []
+        self.transport: WebSocketTransport | None = None
+
+    def negotiationStarted(self, transport: WebSocketTransport) -> None:
+        self.transport = transport
+
+    def negotiationFinished(self) -> None:
+        pass
+
+    def _got(self, message: str | bytes) -> None:
+        self.messages.append(message)
+        for item in list(self.waiting):
+            if len(self.messages) >= item[0]:
+                self.waiting.remove(item)
+                item[1].callback(None)
+
+    def textMessageReceived(self, message: str) -> None:
+        self._got(message)
+
+    def bytesMessageReceived(self, data: bytes) -> None:
+        self._got(bytes(data))
+
+    def pongReceived(self, payload: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Any) -> None:
+        self.lost.callback(None)
+
+    def wait(self, n: int) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.waiting.append((n, d))
+        if len(self.messages) >= n:
+            self.waiting.remove((n, d))
+            d.callback(None)
+        return d
+
+    def buildProtocol(self, url: str) -> Client:
+        return self
+
+
+class AdapterTests(unittest.TestCase):
+    allowed: tuple[str, ...] = ()
+
+    def setUp(self) -> None:
+        self.sessions: list[FakeSession] = []
+        self.session_made: Deferred[None] = Deferred()
+
+        def make_session(peer: websocket.WebSocketPeer) -> FakeSession:
+            session = FakeSession(peer)
+            self.sessions.append(session)
+            self.session_made.callback(None)
+            return session
+
+        resource = websocket.websocket_resource(make_session, MAX, self.allowed)
+        site: Any = Site(web_root(resource))
+        self.port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.url = f"127.0.0.1:{self.port.getHost().port}"  # type: ignore[attr-defined]
+
+    @inlineCallbacks
+    def connect(self) -> Any:
+        client = Client()
+        endpoint = WebSocketClientEndpoint.new(reactor, f"ws://{self.url}/ws")
+        yield Deferred.fromCoroutine(endpoint.connect(client))
+        yield self.session_made
+        self.addCleanup(self.disconnect, client)
+        return client, self.sessions[-1]
+
+    def disconnect(self, client: Client) -> Deferred[None]:
+        if not client.lost.called and client.transport is not None:
+            client.transport.loseConnection()
+        return client.lost
+
+    @inlineCallbacks
+    def test_text_messages_in(self) -> Any:
+        """Each text message reaches the session as one line ending in \\n."""
+        client, session = yield self.connect()
+        client.transport.sendTextMessage('{"type":"ping"}')
+        client.transport.sendTextMessage('{"type":"pong"}\n')
+        client.transport.sendTextMessage('{"text":"é"}')
+        yield session.wait(lambda s: len(s.data) == 3)
+        self.assertEqual(
+            session.data,
+            [b'{"type":"ping"}\n', b'{"type":"pong"}\n', '{"text":"é"}\n'.encode()],
+        )
+
+    @inlineCallbacks
+    def test_binary_is_not_utf8(self) -> Any:
+        """A binary message reaches the session as a line that is not UTF-8."""
+        client, session = yield self.connect()
+        client.transport.sendBytesMessage(b'{"type":"ping"}')
+        yield session.wait(lambda s: s.data)
+        self.assertEqual(session.data, [websocket.BINARY])
+        self.assertRaises(UnicodeDecodeError, session.data[0].decode)
+
+    @inlineCallbacks
+    def test_lines_out(self) -> Any:
+        """Each JSON line the session writes is one text message, without \\n."""
+        client, session = yield self.connect()
+        big = '{"text":"' + "y" * 70_000 + '"}'
+        session.peer.write(b'{"type":"pong"}\n')
+        session.peer.write(b'{"a":1}\n{"b":"' + "é".encode() + b'"}\n')
+        session.peer.write(big.encode() + b"\n" + b"x" * 200 + b"\n")
+        yield client.wait(5)
+        self.assertEqual(
+            client.messages,
+            ['{"type":"pong"}', '{"a":1}', '{"b":"é"}', big, "x" * 200],
+        )
+
+    @inlineCallbacks
+    def test_close_after_error(self) -> Any:
+        """close() sends what was written, then a close frame; the session is told."""
+        client, session = yield self.connect()
+        session.peer.write(b'{"type":"error","error":15}\n')
+        session.peer.close()
+        yield client.lost
+        self.assertEqual(client.messages, ['{"type":"error","error":15}'])
+        yield session.wait(lambda s: "lost" in s.events)
+        session.peer.write(b"{}\n")  # after close: ignored, no exception
+
+    @inlineCallbacks
+    def test_client_goes(self) -> Any:
+        """When the client closes, the session's connection_lost is called once."""
+        client, session = yield self.connect()
+        client.transport.loseConnection()
+        yield session.wait(lambda s: "lost" in s.events)
+        self.assertEqual(session.events, ["lost"])
+
+    @inlineCallbacks
+    def test_abort(self) -> Any:
+        """abort() drops the connection at once."""
+        client, session = yield self.connect()
+        session.peer.abort()
+        yield client.lost
+        yield session.wait(lambda s: "lost" in s.events)
+
+    @inlineCallbacks
+    def test_backpressure(self) -> Any:
+        """A full send buffer pauses the session; it resumes once the client reads."""
+        client, session = yield self.connect()
+        client.transport.transport.pauseProducing()  # the client stops reading
+        chunk = b'{"text":"' + b"z" * 60_000 + b'"}\n'
+        for _ in range(4):
+            session.peer.write(chunk)
+        self.assertEqual(session.events, ["pause"])
+        client.transport.transport.resumeProducing()
+        yield session.wait(lambda s: "resume" in s.events)
+        yield client.wait(4)
+
+    @inlineCallbacks
+    def test_pause_reading(self) -> Any:
+        """pause_reading stops reading from the client until resume_reading."""
+        client, session = yield self.connect()
+        session.peer.pause_reading()
+        client.transport.sendTextMessage("{}")
+        # The client's message waits in the kernel: nothing is delivered
+        # while a round trip in the other direction completes.
+        session.peer.write(b'{"type":"ping"}\n')
+        yield client.wait(1)
+        self.assertEqual(session.data, [])
+        session.peer.resume_reading()
+        yield session.wait(lambda s: s.data == [b"{}\n"])
+
+    @inlineCallbacks
+    def test_message_too_long(self) -> Any:
+        """A message far over the limit is cut short: the session gets an
+        unterminated line over its limit (its error 9), not the message."""
+        client, session = yield self.connect()
+        client.transport.sendTextMessage("q" * (MAX + websocket.SLACK + 10_000))
+        yield session.wait(lambda s: s.data)
+        self.assertGreater(len(session.data[0]), MAX)
+        self.assertNotIn(b"\n", session.data[0])
+
+    @inlineCallbacks
+    def test_static_files_on_the_same_port(self) -> Any:
+        """/ and /presence.js are served next to /ws."""
+        agent = Agent(reactor)
+        for path, kind in ((b"/", b"text/html"), (b"/presence.js", b"text/javascript")):
+            url = b"http://" + self.url.encode() + path
+            response = yield agent.request(b"GET", url)
+            body = yield readBody(response)
+            self.assertEqual(response.code, 200)
+            self.assertTrue(
+                response.headers.getRawHeaders(b"content-type")[0].startswith(kind)
+            )
+            self.assertTrue(body)
+        response = yield agent.request(b"GET", b"http://" + self.url.encode() + b"/x")
+        yield readBody(response)
+        self.assertEqual(response.code, 404)
+
+
+class OriginTests(AdapterTests):
+    allowed = ("https://app.example",)
+
+    @inlineCallbacks
+    def handshake(self, origin: bytes) -> Any:
+        headers = Headers(
+            {
+                b"upgrade": [b"websocket"],
+                b"connection": [b"Upgrade"],
+                b"sec-websocket-version": [b"13"],
+                b"sec-websocket-key": [b"dGhlIHNhbXBsZSBub25jZQ=="],
+                b"origin": [origin],
+            }
+        )
+        agent = Agent(reactor)
+        response = yield agent.request(
+            b"GET", b"http://" + self.url.encode() + b"/ws", headers
+        )
+        return response
+
+    @inlineCallbacks
+    def test_other_origin_refused(self) -> Any:
+        """A handshake from an origin not in --allowed-origin gets 403."""
+        response = yield self.handshake(b"https://evil.example")
+        yield readBody(response)
+        self.assertEqual(response.code, 403)
+        self.assertEqual(self.sessions, [])
