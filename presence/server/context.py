@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IAddress, IReactorTime
 from presence.core.interfaces import IBus
 from presence.core.registry import Registry
 from presence.core.timers import Deadlines
+from presence.server.admin import Metrics
 from presence.server.config import Config
 from presence.server.logs import RefusalLimiter
 from presence.wire.errors import ErrorCode, ProtocolError
@@ -48,6 +49,7 @@ class Server:
             clock, offline_grace=config.offline_grace, mutual=config.mutual, bus=bus
         )
         self.deadlines = Deadlines(clock, config.timer_slack)
+        self.metrics = Metrics()
         # Refusals are logged once per address and interval, then summed up.
         self.refusals = RefusalLimiter(clock)
         self.connections: set[Session] = set()
@@ -111,6 +113,13 @@ class Server:
         for session in list(self.connections):
             session.fatal(ProtocolError(ErrorCode.SERVER_SHUTTING_DOWN))
         return d
+
+    def disconnect(self, uid: int) -> int:
+        """End every session of C{uid} here with error 17; how many there were."""
+        sessions = [s for s in self.connections if s.user_id == uid]
+        for session in sessions:
+            session.fatal(ProtocolError(ErrorCode.DISCONNECTED, "by the operator"))
+        return len(sessions)
 
     def abort_all(self) -> None:
         """Abort whatever connection is still open (the shutdown took too long)."""

@@ -58,6 +58,7 @@ class LineProtocol(Protocol):
     transport: Any
 
     session: Session  # from connectionMade on
+    kind = "tcp"
 
     def __init__(self) -> None:
         self.address = ""

@@ -97,8 +97,10 @@ class FrontEnd(Service):
         factory: Factory,
         scheme: str = "tcp",
         description: str | None = None,
+        name: str = "",
     ) -> None:
         self.endpoint = endpoint
+        self.label = name  # "": the line protocol; "websocket", "admin"
         self.factory = factory
         self.scheme = scheme
         self.description = description or scheme
@@ -136,7 +138,11 @@ class FrontEnd(Service):
 
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
-        self.log.info("presence listening on {address}", address=self.address)
+        self.log.info(
+            "presence {name}listening on {address}",
+            name=f"{self.label} " if self.label else "",
+            address=self.address,
+        )
         self.listening.callback(port)
 
     def _failed(self, failure: Failure) -> str:
@@ -195,9 +201,10 @@ class PresenceService(MultiService):
         factory: Any,
         scheme: str = "tcp",
         description: str | None = None,
+        name: str = "",
     ) -> FrontEnd:
         """Listen on C{endpoint} with C{factory}; close its sessions at stop."""
-        front = FrontEnd(endpoint, factory, scheme, description)
+        front = FrontEnd(endpoint, factory, scheme, description, name)
         front.on_late_failure = self._late_failure
         front.setServiceParent(self)
         self.front_ends.append(front)

@@ -44,6 +44,7 @@ CLOSE_FAILSAFE = 5.0
 class IPeer(Interface):
     """What a session needs of its front end."""
 
+    kind = Attribute('The front end: "tcp" or "websocket" (metrics).')
     address = Attribute("The peer's address as logs print it (str).")
     host = Attribute("The peer's IP address for per-address limits, or None.")
 
@@ -100,6 +101,7 @@ class Session:
 
     def start(self) -> None:
         """The connection is up: count it, refuse it, or start its login timer."""
+        self.server.metrics.connected(self.peer.kind)
         refusal = self.server.connection_made(self)
         if refusal:
             self.fatal(ProtocolError(ErrorCode.TOO_MANY_CONNECTIONS, refusal))
@@ -167,6 +169,7 @@ class Session:
             self._handle(parse(line, self.server.config.max_friends, self.user_id))
         except ProtocolError as e:
             if self.user_id is not None and e.code in NOT_FATAL_AFTER_LOGIN:
+                self.server.metrics.error(e.code)
                 self.deliver(wire.error(e.code, e.detail))
             else:
                 self.fatal(e)
@@ -198,6 +201,7 @@ class Session:
     def use_v0(self) -> None:
         """This is a v0 connection: answer each message once, push nothing."""
         self.v0 = V0Replies(self.server.config.max_buffer)
+        self.server.metrics.retransport(self.peer.kind, "v0")
 
     def transport_paused(self) -> None:
         """The transport's buffer is full: the client is not reading.
@@ -231,7 +235,7 @@ class Session:
                 call.cancel()
         self.closing = True
         server = self.server
-        server.connection_lost(self)
+        server.metrics.disconnected("v0" if self.v0 is not None else self.peer.kind)
         if self.user_id is not None:
             server.registry.logout(self)
             self.log.info(
@@ -241,6 +245,9 @@ class Session:
                 n=_sessions(server.registry.session_count(self.user_id)),
                 peer=self.peer.address,
             )
+        # Counted out last: the shutdown waits for this, and its "presence
+        # stopped" must come after the exit line.
+        server.connection_lost(self)
 
     # -- messages ------------------------------------------------------------
 
@@ -281,6 +288,7 @@ class Session:
         self.user_id = uid
         self.friends = id_list(message.friends)
         self.claim = claim
+        server.metrics.login()
         self.deliver(wire.welcome(uid, config.timeout))
         registry.login(self, self._watch(self.friends), message.change)
         # From now on the timer is the ping schedule: a ping after timeout/2 of
@@ -334,6 +342,7 @@ class Session:
                 self.slow_consumer()
                 return
         self.server.work += 1
+        self.server.metrics.deliveries += 1
         self.peer.write(data)
 
     def slow_consumer(self) -> None:
@@ -369,6 +378,7 @@ class Session:
         if self.closing:
             return
         self._exit = EXIT_REASONS.get(error.code, error.message.lower())
+        self.server.metrics.error(error.code)
         if self.user_id is None and self.server.refusals.refused(
             self.host or self.peer.address, error.message
         ):

@@ -13,14 +13,19 @@ from twisted.internet import endpoints
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.web.server import Site
 
+from presence.server.admin import admin_site, read_token
 from presence.server.config import MIB, Config
 from presence.server.context import Server
 from presence.server.lines import LineFactory
 from presence.server.logs import LOG_FORMATS, LogTarget
 from presence.server.pidfile import PidfileKeeper
 from presence.server.service import PresenceService
+from presence.server.session import Session
 from presence.server.signals import SignalService
+from presence.server.web.resources import web_root
+from presence.server.web.websocket import websocket_resource
 from presence.wire.tokens import TokenVerifier, read_secrets, weakness
 
 log = Logger()
@@ -111,13 +116,37 @@ class Options(usage.Options):
         ["secret-file", None, None,
          "File holding the HMAC secrets, one per line (any is accepted); "
          "logins must then carry a JWT (HS256). SIGHUP re-reads it."],
+        ["websocket", None, None,
+         "Also serve browsers: a Twisted endpoint string (or port number) for "
+         "WebSocket at /ws, the browser client at /presence.js and a demo "
+         "page at /."],
+        ["admin", None, None,
+         "Serve the admin HTTP API (/metrics, /healthz, /readyz, /v1/...) on "
+         "this endpoint; bind it privately (e.g. tcp:9090:interface=127.0.0.1)."],
+        ["admin-token-file", None, None,
+         "File holding the bearer token that /v1/* of the admin API requires."],
         ["log-format", None, "text",
          "text: one readable line per event; json: one JSON object per line "
          "(twisted.logger's eventAsJSON, plus 'text' and 'level')."],
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self["allowed-origin"] = []
+
     def opt_port(self, value: str) -> None:
         self["port"] = f"tcp:{value}" if value.isdigit() else value
+
+    def opt_websocket(self, value: str) -> None:
+        self["websocket"] = f"tcp:{value}" if value.isdigit() else value
+
+    def opt_admin(self, value: str) -> None:
+        self["admin"] = f"tcp:{value}" if value.isdigit() else value
+
+    def opt_allowed_origin(self, value: str) -> None:
+        """A web origin allowed to connect over WebSocket, such as
+        https://app.example.com (repeat for several; default: any)."""
+        self["allowed-origin"].append(value)
 
     @property
     def endpoint_description(self) -> str:
@@ -136,6 +165,20 @@ class Options(usage.Options):
         from twisted.internet import reactor
 
         self["endpoint"] = server_endpoint(reactor, "port", self["port"])
+        for option in ("websocket", "admin"):
+            if self[option] is not None:
+                self[f"{option}-endpoint"] = server_endpoint(
+                    reactor, option, self[option]
+                )
+        if self["admin-token-file"] is not None:
+            if self["admin"] is None:
+                raise usage.UsageError("--admin-token-file needs --admin")
+            try:
+                self["admin-token"] = read_token(self["admin-token-file"])
+            except (OSError, ValueError) as e:
+                raise usage.UsageError(f"--admin-token-file: {e}") from None
+        else:
+            self["admin-token"] = None
         if self["secret-file"] is not None:
             # Absolute: SIGHUP re-reads it after a daemon's chdir.
             self["secret-file"] = os.path.abspath(self["secret-file"])
@@ -248,16 +291,58 @@ def makeService(options: Options) -> IService:
     SignalService(reactor, {signal.SIGHUP: reload.hup, signal.SIGUSR1: reload.usr1}
                   ).setServiceParent(service)
 
-    # Front ends: one line each.
-    port = options["port"]
+    # Front ends: one line each, all on one Server.
     server = Server(reactor, config, verifier)
     service.add_front_end(
-        options["endpoint"],
-        LineFactory(server),
-        port.split(":", 1)[0] if ":" in port else "tcp",
-        port,
+        options["endpoint"], LineFactory(server), _scheme(options["port"]),
+        options["port"],
     )
+    if options["websocket"] is not None:
+        service.add_front_end(
+            options["websocket-endpoint"],
+            websocket_site(server, options["allowed-origin"]),
+            _scheme(options["websocket"]),
+            options["websocket"],
+            name="websocket",
+        )
+    if options["admin"] is not None:
+        service.add_front_end(
+            options["admin-endpoint"],
+            admin_site(
+                metrics=server.metrics,
+                sessions=lambda: server.registry.sessions,
+                users_online=lambda: server.registry.users,
+                lookup=lambda uids: [server.registry.bus.known(u) for u in uids],
+                disconnect=server.disconnect,
+                ready=lambda: not server.stopping,
+                token=options["admin-token"],
+                clock=reactor,
+            ),
+            _scheme(options["admin"]),
+            options["admin"],
+            name="admin",
+        )
     return service
+
+
+def _scheme(description: str) -> str:
+    return description.split(":", 1)[0] if ":" in description else "tcp"
+
+
+def websocket_site(server: Server, allowed_origins: list[str]) -> Site:
+    """The WebSocket port: /ws on the shared server, /presence.js, /."""
+    site = Site(
+        web_root(
+            websocket_resource(
+                lambda peer: Session(server, peer),
+                server.config.max_line,
+                allowed_origins,
+            )
+        )
+    )
+    site.noisy = False
+    site.displayTracebacks = False
+    return site
 
 
 def _warn_weak(secrets: list[bytes]) -> None:

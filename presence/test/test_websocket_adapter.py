@@ -1,5 +1,6 @@
-"""The WebSocket front end (prototype) over real loopback sockets, with a fake
-session behind it and twisted.web.websocket's client in front."""
+"""The WebSocket front end's framing over real loopback sockets, with a fake
+session behind it and twisted.web.websocket's client in front.  (The session's
+own tests run over this front end too: test_protocol.)"""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from twisted.web.websocket import WebSocketClientEndpoint, WebSocketTransport
 
 from presence.server.web import websocket
 from presence.server.web.resources import web_root
+from presence.wire.errors import ProtocolError
 
 MAX = 1000
 
@@ -40,19 +42,26 @@ class FakeSession:
                 self.waiting.remove(item)
                 item[1].callback(None)
 
-    def data_received(self, data: bytes) -> None:
-        self.data.append(data)
+    def start(self) -> None:
+        pass
+
+    def received(self, lines: list[bytes]) -> None:
+        self.data.extend(lines)
         self._check()
 
-    def connection_lost(self) -> None:
+    def framing_error(self, error: ProtocolError) -> None:
+        self.events.append(f"error {int(error.code)}")
+        self._check()
+
+    def lost(self) -> None:
         self.events.append("lost")
         self._check()
 
-    def pause_producing(self) -> None:
+    def transport_paused(self) -> None:
         self.events.append("pause")
         self._check()
 
-    def resume_producing(self) -> None:
+    def transport_resumed(self) -> None:
         self.events.append("resume")
         self._check()
 
@@ -110,7 +119,7 @@ class AdapterTests(unittest.TestCase):
         self.sessions: list[FakeSession] = []
         self.session_made: Deferred[None] = Deferred()
 
-        def make_session(peer: websocket.WebSocketPeer) -> FakeSession:
+        def make_session(peer: websocket.WebSocketPeer) -> Any:
             session = FakeSession(peer)
             self.sessions.append(session)
             self.session_made.callback(None)
@@ -138,7 +147,8 @@ class AdapterTests(unittest.TestCase):
 
     @inlineCallbacks
     def test_text_messages_in(self) -> Any:
-        """Each text message reaches the session as one line ending in \\n."""
+        """Each text message reaches the session as one line (without a
+        trailing \\n)."""
         client, session = yield self.connect()
         client.transport.sendTextMessage('{"type":"ping"}')
         client.transport.sendTextMessage('{"type":"pong"}\n')
@@ -146,7 +156,7 @@ class AdapterTests(unittest.TestCase):
         yield session.wait(lambda s: len(s.data) == 3)
         self.assertEqual(
             session.data,
-            [b'{"type":"ping"}\n', b'{"type":"pong"}\n', '{"text":"é"}\n'.encode()],
+            [b'{"type":"ping"}', b'{"type":"pong"}', '{"text":"é"}'.encode()],
         )
 
     @inlineCallbacks
@@ -224,17 +234,26 @@ class AdapterTests(unittest.TestCase):
         yield client.wait(1)
         self.assertEqual(session.data, [])
         session.peer.resume_reading()
-        yield session.wait(lambda s: s.data == [b"{}\n"])
+        yield session.wait(lambda s: s.data == [b"{}"])
 
     @inlineCallbacks
     def test_message_too_long(self) -> Any:
-        """A message far over the limit is cut short: the session gets an
-        unterminated line over its limit (its error 9), not the message."""
+        """A message far over the limit is cut short: the session is told
+        error 9 before the message has arrived, and never gets it."""
         client, session = yield self.connect()
         client.transport.sendTextMessage("q" * (MAX + websocket.SLACK + 10_000))
-        yield session.wait(lambda s: s.data)
-        self.assertGreater(len(session.data[0]), MAX)
-        self.assertNotIn(b"\n", session.data[0])
+        yield session.wait(lambda s: s.events)
+        self.assertEqual(session.events[0], "error 9")
+        self.assertEqual(session.data, [])
+
+    @inlineCallbacks
+    def test_message_over_the_limit(self) -> Any:
+        """A whole message longer than the limit is error 9 too."""
+        client, session = yield self.connect()
+        client.transport.sendTextMessage("q" * (MAX + 1))
+        yield session.wait(lambda s: s.events)
+        self.assertEqual(session.events, ["error 9"])
+        self.assertEqual(session.data, [])
 
     @inlineCallbacks
     def test_static_files_on_the_same_port(self) -> Any:

@@ -29,6 +29,7 @@ class ErrorCode(enum.IntEnum):
     SLOW_CONSUMER = 14
     SERVER_SHUTTING_DOWN = 15
     TOO_MANY_CONNECTIONS = 16
+    DISCONNECTED = 17
 
     @property
     def wording(self) -> str:
@@ -53,6 +54,7 @@ _WORDING = {
     ErrorCode.SLOW_CONSUMER: "Slow consumer",
     ErrorCode.SERVER_SHUTTING_DOWN: "Server shutting down",
     ErrorCode.TOO_MANY_CONNECTIONS: "Too many connections",
+    ErrorCode.DISCONNECTED: "Disconnected",
 }
 
 

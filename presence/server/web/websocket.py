@@ -1,16 +1,16 @@
-"""The WebSocket front end (prototype): text messages to and from a session.
+"""The WebSocket front end: text messages to and from a session.
 
 Built on Twisted's own twisted.web.websocket (wsproto underneath), chosen by
 measurement (docs/browser.rst, "Why this library").  The session core is
 transport-agnostic: it is given a peer (L{WebSocketPeer}) to write to, and the
 peer feeds it what the client sends:
 
-  - C{session.data_received(message)}: one text message, UTF-8, always ending
-    in C{\\n} (one JSON line, as over TCP).  A binary message is passed on as
-    L{BINARY}, a line that is not UTF-8, so that the session answers it with
-    error 3 like any undecodable line.
-  - C{session.connection_lost()}: the connection is gone.
-  - C{session.pause_producing()} / C{session.resume_producing()}: the
+  - C{session.received([message])}: one text message, UTF-8, without a
+    trailing C{\\n} (one JSON line, as over TCP).  A binary message is passed
+    on as L{BINARY}, a line that is not UTF-8, so that the session answers it
+    with error 3 like any undecodable line.
+  - C{session.lost()}: the connection is gone.
+  - C{session.transport_paused()} / C{session.transport_resumed()}: the
     client stopped / started reading again (the TCP transport's send buffer
     is full / drained): the session counts what it writes meanwhile and cuts
     the client off with error 14, exactly as over TCP.
@@ -26,9 +26,8 @@ and the session calls on the peer:
 Limits: Twisted reassembles a fragmented message before delivering it, so the
 peer bounds what it buffers itself: when more than C{max_message} bytes
 (plus L{SLACK} for frame headers and control frames) arrive without
-completing a message, the session is given an unterminated line longer than
-its limit (C{max_message + 1} bytes), and answers with error 9 (an explicit
-call on the session would be cleaner, once the session has one).  Nothing
+completing a message, or a message longer than C{max_message} arrives, the
+session answers with error 9 (L{Session.framing_error}).  Nothing
 here buffers without bound: writes go straight to the TCP transport, whose
 fill level the session watches through the producer calls.
 
@@ -47,50 +46,26 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Collection
-from typing import Any, Protocol
+from typing import Any
 
-from twisted.internet.interfaces import IAddress, IPushProducer, ITCPTransport
+from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 from twisted.web.websocket import WebSocketResource, WebSocketTransport
 from zope.interface import implementer
 
-BINARY = b"\xff\n"
+from presence.server.context import host_of
+from presence.server.logs import format_peer
+from presence.server.session import IPeer, Session
+from presence.wire.errors import ErrorCode, ProtocolError
+
+BINARY = b"\xff"
 SLACK = 64 * 1024
 
 log = Logger()
 
-
-class SessionHandler(Protocol):
-    """What the peer drives: the session core, seen from a front end."""
-
-    def data_received(self, data: bytes) -> None: ...
-
-    def connection_lost(self) -> None: ...
-
-    def pause_producing(self) -> None: ...
-
-    def resume_producing(self) -> None: ...
-
-
-class Peer(Protocol):
-    """What a front end gives the session (TCP lines and WebSocket alike)."""
-
-    transport_name: str
-
-    def write(self, data: bytes) -> None: ...
-
-    def close(self) -> None: ...
-
-    def abort(self) -> None: ...
-
-    def pause_reading(self) -> None: ...
-
-    def resume_reading(self) -> None: ...
-
-
-SessionFactory = Callable[["WebSocketPeer"], SessionHandler]
+SessionFactory = Callable[["WebSocketPeer"], Session]
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -110,29 +85,32 @@ def frames(data: bytes) -> bytes:
     return b"".join(text_frame(line) for line in data.split(b"\n") if line)
 
 
-@implementer(IPushProducer)
+@implementer(IPeer, IPushProducer)
 class WebSocketPeer:
     """One WebSocket connection: twisted.web.websocket's protocol side, the
     session's peer, and the TCP transport's producer."""
 
-    transport_name = "websocket"
+    kind = "websocket"
     __slots__ = (
-        "_delivered", "_paused", "_unfinished", "address", "closing", "limit",
-        "make_session", "max_message", "origin", "request", "session", "tcp", "ws",
+        "_delivered", "_paused", "_unfinished", "address", "closing", "host",
+        "limit", "make_session", "max_message", "origin", "request", "session",
+        "tcp", "ws",
     )
 
     def __init__(
         self, request: Request, make_session: SessionFactory, max_message: int
     ) -> None:
         self.request: Request | None = request
-        self.address: IAddress = request.getClientAddress()
+        client = request.getClientAddress()
+        self.address = format_peer(client)
+        self.host = host_of(client)
         self.origin = (request.getHeader(b"origin") or b"").decode("latin-1")
         self.make_session = make_session
         self.max_message = max_message
         self.limit = max_message + SLACK
         self.ws: WebSocketTransport | None = None
         self.tcp: Any = None
-        self.session: SessionHandler | None = None
+        self.session: Session | None = None
         self.closing = False
         self._unfinished = 0  # bytes received since the last whole message
         self._delivered = False
@@ -164,6 +142,7 @@ class WebSocketPeer:
         self.tcp.unregisterProducer()
         self.ws.attachProducer(self)
         self.session = self.make_session(self)
+        self.session.start()
 
     def _guard(self, inner: Callable[[bytes], None]) -> Callable[[bytes], None]:
         def data_received(data: bytes) -> None:
@@ -185,23 +164,28 @@ class WebSocketPeer:
         session = self.session
         self._unfinished = 0
         if session is not None:
-            # An unterminated line over the session's limit: error 9.
-            session.data_received(b"x" * (self.max_message + 1))
+            session.framing_error(self._error_9())
+
+    def _error_9(self) -> ProtocolError:
+        return ProtocolError(ErrorCode.LINE_TOO_LONG, f"limit {self.max_message}")
 
     def textMessageReceived(self, message: str) -> None:
         self._delivered = True
         if self.closing or self.session is None:
             return
         data = message.encode("utf-8")
-        if not data.endswith(b"\n"):
-            data += b"\n"
-        self.session.data_received(data)
+        if data.endswith(b"\n"):
+            data = data[:-1]
+        if len(data) > self.max_message:
+            self.session.framing_error(self._error_9())
+            return
+        self.session.received([data])
 
     def bytesMessageReceived(self, data: bytes | bytearray) -> None:
         self._delivered = True
         if self.closing or self.session is None:
             return
-        self.session.data_received(BINARY)
+        self.session.received([BINARY])
 
     def pongReceived(self, payload: bytes) -> None:
         pass
@@ -210,7 +194,7 @@ class WebSocketPeer:
         self.closing = True
         session, self.session = self.session, None
         if session is not None:
-            session.connection_lost()
+            session.lost()
 
     # -- the session's peer ----------------------------------------------------
 
@@ -252,12 +236,12 @@ class WebSocketPeer:
     def pauseProducing(self) -> None:
         if self.session is not None and not self._paused:
             self._paused = True
-            self.session.pause_producing()
+            self.session.transport_paused()
 
     def resumeProducing(self) -> None:
         if self.session is not None and self._paused:
             self._paused = False
-            self.session.resume_producing()
+            self.session.transport_resumed()
 
     def stopProducing(self) -> None:
         pass  # connectionLost follows
