@@ -27,10 +27,9 @@ class LoginTests(ErrorAssertions):
     def test_demo_login(self) -> None:
         """The demo's login line is answered by welcome with the timeout."""
         c = self.h.connect()
-        c.transport.clear()
         c.send(b'{"user_id": 1, "friends": [2, 3, 4]}\n')
         self.assertEqual(
-            c.transport.value(), b'{"type":"welcome","user_id":1,"timeout":15}\n'
+            c.received(), [{"type": "welcome", "user_id": 1, "timeout": 15}]
         )
         self.assertTrue(self.h.registry.is_online(1))
 
@@ -180,6 +179,16 @@ class JsonErrorTests(ErrorAssertions):
 class FramingTests(ErrorAssertions):
     def setUp(self) -> None:
         self.h = Harness(max_line=100)
+
+
+    def test_welcome_bytes(self) -> None:
+        """The welcome is exactly the demo's line: compact, one terminator."""
+        c = self.h.connect()
+        c.transport.clear()
+        c.send(b'{"user_id": 1, "friends": [2, 3, 4]}\n')
+        self.assertEqual(
+            c.transport.value(), b'{"type":"welcome","user_id":1,"timeout":15}\n'
+        )
 
     def test_split_writes(self) -> None:
         """A line arriving in pieces is one message."""
@@ -363,14 +372,14 @@ class MessageTests(ErrorAssertions):
         self.h.login(4)
         self.c.send({"type": "friends", "friends": [3, 4]})
         self.assertEqual(self.c.events(), [(4, True, "online")])
-        self.assertEqual(list(self.c.proto.session.friends), [3, 4])
+        self.assertEqual(list(self.c.session.friends), [3, 4])
 
     def test_friends_add_remove(self) -> None:
         """add/remove change the list; removal sends nothing."""
         self.h.login(5)
         self.c.send({"type": "friends", "add": [5], "remove": [2]})
         self.assertEqual(self.c.events(), [(5, True, "online")])
-        self.assertEqual(list(self.c.proto.session.friends), [3, 5])
+        self.assertEqual(list(self.c.session.friends), [3, 5])
         self.c.send({"type": "friends", "remove": [5]})
         self.assertEqual(self.c.received(), [])
 
@@ -390,7 +399,7 @@ class MessageTests(ErrorAssertions):
         ):
             c.send({"type": "friends", **message})
             self.assertError(c, code, fatal=False)
-            self.assertEqual(list(c.proto.session.friends), [2, 3])
+            self.assertEqual(list(c.session.friends), [2, 3])
 
     def test_relogin_same_user(self) -> None:
         """A login again as the same user replaces list and status and is a ping."""
@@ -410,7 +419,7 @@ class MessageTests(ErrorAssertions):
         self.assertError(self.c, ErrorCode.FRIEND_WITH_YOURSELF, fatal=False)
         self.c.send({"user_id": "1"})
         self.assertError(self.c, ErrorCode.INVALID_USER_ID, fatal=False)
-        self.assertEqual(list(self.c.proto.session.friends), [2, 3])
+        self.assertEqual(list(self.c.session.friends), [2, 3])
 
     def test_live_events_say_which_friend(self) -> None:
         """Each live event names the friend that changed."""
@@ -499,7 +508,7 @@ class TimerTests(ErrorAssertions):
         self.assertTrue(c.closed)
         c.lose()
         self.assertIn((1, False, "offline"), watcher.events())
-        self.assertEqual(c.proto.session._exit, "client timeout")
+        self.assertEqual(c.session._exit, "client timeout")
 
     def test_close_failsafe(self) -> None:
         """A fatal close that never completes is aborted by the failsafe."""
@@ -594,15 +603,15 @@ class BackpressureTests(ErrorAssertions):
         h = Harness(max_buffer=1000)
         watcher = h.login(9, [1])
         c = h.login(1)
-        watcher.transport.clear()
+        watcher.received()
         watcher.proto.pauseProducing()
         for i in range(20):
             c.send({"type": "status", "status": "away", "text": str(i) * 50})
         self.assertTrue(watcher.aborted)
-        last = watcher.transport.value().split(b"\n")[-2]
-        self.assertEqual(last, wire.error(ErrorCode.SLOW_CONSUMER).rstrip(b"\n"))
+        last = watcher.received()[-1]
+        self.assertEqual(last["error"], int(ErrorCode.SLOW_CONSUMER))
         watcher.lose()
-        self.assertEqual(watcher.proto.session._exit, "slow consumer")
+        self.assertEqual(watcher.session._exit, "slow consumer")
         self.assertFalse(c.closed)
 
     def test_cut_off_leaves_no_timer(self) -> None:
@@ -616,7 +625,7 @@ class BackpressureTests(ErrorAssertions):
         self.assertTrue(slow.aborted)
         slow.lose()
         pending = h.clock.calls
-        cut_off = slow.proto.session.slow_consumer
+        cut_off = slow.session.slow_consumer
         self.assertEqual([c for c in pending if c.func == cut_off], [])
 
     def test_idle_timers_stay_one_call(self) -> None:
@@ -738,7 +747,7 @@ class FairShareTests(SynchronousTestCase):
         bystander.send({"type": "ping"})
         self.assertEqual(bystander.received(), [{"type": "pong"}])
         turns = 0
-        while flooder.proto.session.busy:
+        while flooder.session.busy:
             one_turn(h.clock)
             turns += 1
             self.assertEqual(bystander.received(), [])
@@ -756,7 +765,7 @@ class FairShareTests(SynchronousTestCase):
         w.received()
         c.send(*[{"type": "status", "status": "busy", "text": str(i)}
                  for i in range(4)], b"x" * 200)
-        while c.proto.session.busy:
+        while c.session.busy:
             h.clock.advance(0)
         self.assertEqual([m["text"] for m in w.received()], ["0", "1", "2", "3"])
         self.assertEqual(c.received()[-1]["error"], int(ErrorCode.LINE_TOO_LONG))
@@ -769,7 +778,7 @@ class FairShareTests(SynchronousTestCase):
                  for i in range(3)])
         c.send(b'{"type":"ping"}\n')
         self.assertEqual(c.received(), [])
-        while c.proto.session.busy:
+        while c.session.busy:
             h.clock.advance(0)
         self.assertEqual(c.received(), [{"type": "pong"}])
 
@@ -792,7 +801,7 @@ class V0DetectionTests(SynchronousTestCase):
         self.assertEqual(
             c.transport.value(), b'{"msg":"are you still there?","error":0}'
         )
-        self.assertIsNotNone(c.proto.session.v0)
+        self.assertIsNotNone(c.session.v0)
         self.assertTrue(h.registry.is_online(1))
 
     def test_newline_in_a_later_write_is_v1(self) -> None:
@@ -804,7 +813,7 @@ class V0DetectionTests(SynchronousTestCase):
         c.send(b"\n")
         self.assertEqual(c.received()[0]["type"], "welcome")
         h.clock.advance(1)
-        self.assertIsNone(c.proto.session.v0)
+        self.assertIsNone(c.session.v0)
 
     def test_v0_never_told_unasked(self) -> None:
         """Events wait for the v0 client's next message, one per message, in
@@ -900,3 +909,62 @@ class UnfinishedInputTests(ErrorAssertions):
         a.send(b"4]}\n")
         self.assertEqual(a.received()[0]["type"], "welcome")
         self.assertEqual(h.factory.server.unfinished, 0)
+
+
+# -- the same tests over the WebSocket front end -------------------------------
+
+
+class OverWebSocket(SynchronousTestCase):
+    """Runs a test case's tests over the WebSocket front end."""
+
+    def setUp(self) -> None:
+        self.patch(Harness, "frontend", "websocket")
+        super().setUp()
+
+
+class LoginOverWebSocket(OverWebSocket, LoginTests):
+    """LoginTests, over WebSocket."""
+
+
+class JsonErrorOverWebSocket(OverWebSocket, JsonErrorTests):
+    """JsonErrorTests, over WebSocket."""
+
+
+class MessageOverWebSocket(OverWebSocket, MessageTests):
+    """MessageTests, over WebSocket."""
+
+
+class ManySessionsOverWebSocket(OverWebSocket, ManySessionsTests):
+    """ManySessionsTests, over WebSocket."""
+
+
+class TimerOverWebSocket(OverWebSocket, TimerTests):
+    """TimerTests, over WebSocket."""
+
+
+class GraceOverWebSocket(OverWebSocket, GraceTests):
+    """GraceTests, over WebSocket."""
+
+
+class MutualOverWebSocket(OverWebSocket, MutualTests):
+    """MutualTests, over WebSocket."""
+
+
+class LimitOverWebSocket(OverWebSocket, LimitTests):
+    """LimitTests, over WebSocket."""
+
+
+class BackpressureOverWebSocket(OverWebSocket, BackpressureTests):
+    """BackpressureTests, over WebSocket."""
+
+
+class ShutdownOverWebSocket(OverWebSocket, ShutdownTests):
+    """ShutdownTests, over WebSocket."""
+
+
+class UnexpectedErrorOverWebSocket(OverWebSocket, UnexpectedErrorTests):
+    """UnexpectedErrorTests, over WebSocket."""
+
+
+class FairShareOverWebSocket(OverWebSocket, FairShareTests):
+    """FairShareTests, over WebSocket."""

@@ -92,7 +92,7 @@ class WebSocketPeer:
 
     kind = "websocket"
     __slots__ = (
-        "_delivered", "_paused", "_unfinished", "address", "closing", "host",
+        "_batch", "_delivered", "_paused", "_unfinished", "address", "closing", "host",
         "limit", "make_session", "max_message", "origin", "request", "session",
         "tcp", "ws",
     )
@@ -114,6 +114,7 @@ class WebSocketPeer:
         self.closing = False
         self._unfinished = 0  # bytes received since the last whole message
         self._delivered = False
+        self._batch: list[bytes] | None = None  # the messages of this read
         self._paused = False
 
     # -- twisted.web.websocket's WebSocketProtocol -----------------------------
@@ -153,10 +154,17 @@ class WebSocketPeer:
                 self._too_long()
                 return
             self._delivered = False
+            self._batch = []
             inner(data)
+            batch, self._batch = self._batch, None
             if self._delivered:
                 # Up to one read's worth of a next message is forgiven here.
                 self._unfinished = 0
+            if batch and self.session is not None:
+                # All the messages of one read at once: the session handles
+                # them within its turn budget (fair share), as a TCP read's
+                # lines.
+                self.session.received(batch)
 
         return data_received
 
@@ -176,16 +184,25 @@ class WebSocketPeer:
         data = message.encode("utf-8")
         if data.endswith(b"\n"):
             data = data[:-1]
+        self._message(data)
+
+    def _message(self, data: bytes) -> None:
+        assert self.session is not None
         if len(data) > self.max_message:
+            if self._batch:
+                self.session.received(self._batch)
+                self._batch = []
             self.session.framing_error(self._error_9())
-            return
-        self.session.received([data])
+        elif self._batch is not None:
+            self._batch.append(data)
+        else:
+            self.session.received([data])
 
     def bytesMessageReceived(self, data: bytes | bytearray) -> None:
         self._delivered = True
         if self.closing or self.session is None:
             return
-        self.session.received([BINARY])
+        self._message(BINARY)
 
     def pongReceived(self, payload: bytes) -> None:
         pass
