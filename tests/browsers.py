@@ -1,7 +1,7 @@
 """Browser test support: headless Debian chromium driven by playwright.
 
-Test modules import the fixtures they use (``from browsers import
-page_fixture``: the fixture is then called ``page``).  Where chromium (the
+conftest.py registers the fixtures (``browser``, ``page``, ``static_site``)
+once for the whole run.  Where chromium (the
 Debian package ``chromium``) or the playwright package is missing, the tests
 skip and say so; with ``CI=true``
 that is a failure instead, so that CI cannot pass without running them.

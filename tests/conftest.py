@@ -53,3 +53,13 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
 def server(start_server: StartServer) -> ServerProcess:
     """A server with the default options."""
     return start_server()
+
+
+# The browser fixtures (browser, page, static_site) are registered here, once
+# for the whole run: a session-scoped playwright imported into two test
+# modules would start twice, and playwright refuses a second sync instance.
+from browsers import (  # noqa: E402, F401
+    browser_fixture,
+    page_fixture,
+    static_site_fixture,
+)

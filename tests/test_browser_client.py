@@ -10,12 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from browsers import (  # noqa: F401  (fixtures: browser, page, static_site)
-    StaticSite,
-    browser_fixture,
-    page_fixture,
-    static_site_fixture,
-)
+from browsers import StaticSite
 
 FAKE = """
 window.sockets = [];

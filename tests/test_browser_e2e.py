@@ -12,12 +12,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from browsers import (  # noqa: F401  (fixtures: browser, page)
-    browser_fixture,
-    listening,
-    page_fixture,
-    port_of,
-)
+from browsers import listening, port_of
 from conftest import ServerProcess
 from sockets import LineSocket
 
