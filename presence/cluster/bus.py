@@ -173,7 +173,7 @@ class RedisBus(service.Service):
         cmd = self._cmd
         if cmd is not None and self._asserted:
             try:
-                await _within(self._reactor, 2.0, cmd.execute_command("PING"))
+                await _within(self._reactor, 2.0, cmd.call("PING"))
                 now = await self._heartbeat(cmd, "leave")
                 await _within(
                     self._reactor, 3.0,
@@ -230,17 +230,14 @@ class RedisBus(service.Service):
             return
         if share is None:
             if had:
-                self._send(self._apply(cmd, uid, "del", None, None, at))
-                d = cmd.execute_command(
-                    "SREM", scripts.users_key(self.incarnation), uid
-                )
+                cmd.send(*self._apply_args(uid, "del", None, None, at))
+                d = cmd.call("SREM", scripts.users_key(self.incarnation), uid)
                 d.addCallback(self._removed, uid, at)
                 self._send(d)
         else:
             if not had:
-                self._send(cmd.execute_command(
-                    "SADD", scripts.users_key(self.incarnation), uid))
-            self._send(self._apply(cmd, uid, "set", share, write, at))
+                cmd.send("SADD", scripts.users_key(self.incarnation), uid)
+            cmd.send(*self._apply_args(uid, "set", share, write, at))
 
     def _removed(self, _: object, uid: int, at: float) -> None:
         if self._gone.get(uid) == at:
@@ -272,7 +269,7 @@ class RedisBus(service.Service):
         """Fires when Redis has answered every command sent so far."""
         if self._cmd is None:
             return defer.fail(txredisapi.ConnectionError("not connected"))
-        d: defer.Deferred[Any] = self._cmd.execute_command("PING")
+        d: defer.Deferred[Any] = self._cmd.call("PING")
         return d
 
     def when_up(self) -> defer.Deferred[None]:
@@ -298,7 +295,7 @@ class RedisBus(service.Service):
         self._batches.append(_Batch(0, [], waiter))
         self._advance()
         await waiter
-        await cmd.execute_command("PING")
+        await cmd.call("PING")
         await sub.ping()
 
     async def read(self, uids: Sequence[int]) -> list[UserState | None]:
@@ -313,7 +310,7 @@ class RedisBus(service.Service):
         cmd = self._cmd
         if cmd is None:
             raise txredisapi.ConnectionError("Redis is unreachable")
-        count: int = await cmd.execute_command("ZCARD", scripts.NODES)
+        count: int = await cmd.call("ZCARD", scripts.NODES)
         return count
 
     # -- connections -----------------------------------------------------------
@@ -448,6 +445,10 @@ class RedisBus(service.Service):
     def _send(self, d: defer.Deferred[Any]) -> None:
         d.addErrback(self._failed)
 
+    def command_failed(self, error: Exception) -> None:
+        """A command sent without waiting for its reply failed."""
+        self._failed(Failure(error))
+
     def _failed(self, failure: Failure) -> None:
         if failure.check(txredisapi.ConnectionError, defer.CancelledError):
             return  # the recovery after the reconnect puts it right
@@ -470,7 +471,7 @@ class RedisBus(service.Service):
         keys: Sequence[str],
         args: Sequence[str | int],
     ) -> defer.Deferred[Any]:
-        d: defer.Deferred[Any] = cmd.execute_command(
+        d: defer.Deferred[Any] = cmd.call(
             "EVALSHA", script.sha, len(keys), *keys, *args
         )
         return d
@@ -485,13 +486,26 @@ class RedisBus(service.Service):
         at: float,
         incarnation: str | None = None,
     ) -> defer.Deferred[Any]:
+        return cmd.call(*self._apply_args(uid, mode, share, write, at, incarnation))
+
+    def _apply_args(
+        self,
+        uid: int,
+        mode: str,
+        share: Share | None,
+        write: _Write | None,
+        at: float,
+        incarnation: str | None = None,
+    ) -> tuple[str | int, ...]:
+        """The EVALSHA command of the APPLY script (see its arguments there)."""
         self.stats["applies"] += 1
         status, has_text, text, written = write or ("", False, "", at)
-        return self._evalsha(
-            cmd,
-            scripts.APPLY,
-            (scripts.shares_key(uid), scripts.state_key(uid)),
-            (
+        return (
+                "EVALSHA",
+                scripts.APPLY.sha,
+                2,
+                scripts.shares_key(uid),
+                scripts.state_key(uid),
                 uid,
                 incarnation or self.incarnation,
                 mode,
@@ -502,7 +516,6 @@ class RedisBus(service.Service):
                 format_at(at),
                 format_at(written),
                 scripts.TOMBSTONE_TTL,
-            ),
         )
 
     def _heartbeat(self, cmd: CommandConnection, mode: str) -> defer.Deferred[Any]:
@@ -519,7 +532,7 @@ class RedisBus(service.Service):
         """Every user's stored state, in one round trip (pipelined HMGETs)."""
         self.stats["reads"] += 1
         ds = [
-            cmd.execute_command("HMGET", scripts.state_key(uid), *scripts.STATE_FIELDS)
+            cmd.call("HMGET", scripts.state_key(uid), *scripts.STATE_FIELDS)
             for uid in uids
         ]
         replies = await defer.gatherResults(ds, consumeErrors=True)
@@ -554,7 +567,7 @@ class RedisBus(service.Service):
         cmd = self._cmd
         assert cmd is not None
         for script in scripts.SCRIPTS:
-            await cmd.execute_command("SCRIPT", "LOAD", script.source)
+            await cmd.call("SCRIPT", "LOAD", script.source)
         if generation != self._generation:
             return
         reply = await self._heartbeat(cmd, "beat" if self._registered else "register")
@@ -573,7 +586,7 @@ class RedisBus(service.Service):
         self._claim(cmd, reply)
 
         # Re-assert every share; remove the ones dropped meanwhile.
-        members = await cmd.execute_command(
+        members = await cmd.call(
             "SMEMBERS", scripts.users_key(self.incarnation)
         )
         if generation != self._generation:
@@ -582,20 +595,20 @@ class RedisBus(service.Service):
         held = list(self._shares.items())
         for i in range(0, len(held), CHUNK):
             chunk = [uid for uid, _ in held[i:i + CHUNK]]
-            self._send(cmd.execute_command("SADD", key, *chunk))
+            cmd.send("SADD", key, *chunk)
         now = self._reactor.seconds()
         for uid, share in held:
             write = self._writes.get(uid)
-            self._send(self._apply(cmd, uid, "assert", share, write, now))
+            cmd.send(*self._apply_args(uid, "assert", share, write, now))
         stale = {int(m) for m in members or ()}
         stale.update(self._gone)
         stale.difference_update(self._shares)
         for uid in stale:
-            self._send(self._apply(cmd, uid, "del", None, None,
-                                   self._gone.get(uid, now)))
+            cmd.send(*self._apply_args(uid, "del", None, None,
+                                       self._gone.get(uid, now)))
         gone = sorted(stale)
         for i in range(0, len(gone), CHUNK):
-            self._send(cmd.execute_command("SREM", key, *gone[i:i + CHUNK]))
+            cmd.send("SREM", key, *gone[i:i + CHUNK])
         self._gone.clear()
         self._asserted = True
 
@@ -673,8 +686,8 @@ class RedisBus(service.Service):
                 self._ping_sent = now
                 self._send(sub.ping())
         cmd = self._cmd
-        if cmd is None or not self._registered:
-            return
+        if cmd is None or not self._registered or self._recovering:
+            return  # (the recovery refreshes the liveness itself)
         if self._beat_sent is not None:
             if now - self._beat_sent > self.silence:
                 log.warn("Redis command connection silent: dropping it")
@@ -719,7 +732,7 @@ class RedisBus(service.Service):
             )
         removed = 0
         while True:
-            members = await cmd.execute_command("SRANDMEMBER", key, REAP_CHUNK)
+            members = await cmd.call("SRANDMEMBER", key, REAP_CHUNK)
             if not members:
                 break
             await defer.gatherResults(
@@ -729,7 +742,7 @@ class RedisBus(service.Service):
                 ],
                 consumeErrors=True,
             )
-            await cmd.execute_command("SREM", key, *members)
+            await cmd.call("SREM", key, *members)
             removed += len(members)
         await self._evalsha(
             cmd, scripts.REAPED, (scripts.DEAD, scripts.NAMES, key), (incarnation,)
