@@ -110,3 +110,7 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 def server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
     """A server with the default options."""
     return start_server()
+
+
+# Cluster mode: redis-server and a cuttable proxy (tests/redisfixtures.py).
+from redisfixtures import redis_proxy, redis_server  # noqa: E402, F401

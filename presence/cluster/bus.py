@@ -110,6 +110,7 @@ class RedisBus(service.Service):
         self._reactor = reactor
         self.incarnation = self._new_incarnation()
         self._registered = False
+        self._joined = False
         self.up = False
         self.listener: IStateListener | None = None
 
@@ -624,10 +625,14 @@ class RedisBus(service.Service):
         read = await self._read(cmd, uids)
         if generation != self._generation:
             return
+        first = not self._joined
+        self._joined = True
         self._finish_recovery(uids, read)
         log.info(
-            "Redis is back: {held} users asserted, {stale} removed, {n} followed "
+            "{what}: {held} users asserted, {stale} removed, {n} followed "
             "users read back",
+            what=f"joined the cluster as {self.incarnation}" if first
+            else "Redis is back",
             held=len(held), stale=len(stale), n=len(uids),
         )
 
