@@ -153,9 +153,7 @@ def test_sigkill_node_users_offline(
     n1 = node(start_server, redis_server.url, "n1")
     n2 = node(start_server, redis_server.url, "n2")
     alice = login(n1, 1, [2, 3])
-    login(n2, 2, [])
-    login(n2, 3, [])
-    three = login(n1, 3, [])
+    held = [login(n2, 2, []), login(n2, 3, []), login(n1, 3, [])]
     got = {next_presence(alice)["user_id"] for _ in range(2)}
     assert got == {2, 3}
     n2.proc.send_signal(signal.SIGKILL)
@@ -165,7 +163,7 @@ def test_sigkill_node_users_offline(
     assert (m["user_id"], m["online"]) == (2, False)
     assert killed - 1.5 <= m["last_seen"] <= killed
     assert quiet(alice, 1.0) == []  # 3 stays online (its session on n1)
-    del three
+    assert len(held) == 3
 
 
 def test_redis_restart_converges(
@@ -242,9 +240,10 @@ def test_plain_server_needs_no_redis(start_server: Start) -> None:
     """Without --redis nothing changes: no Redis, one process."""
     server = start_server()
     alice = login(server, 1, [2])
-    login(server, 2, [])
+    bob = login(server, 2, [])
     assert presence([next_presence(alice)]) == [(2, True, "online")]
     assert "Redis" not in server.log
+    bob.send({"type": "bye"})
 
 
 def test_proxy_cut_and_restore(redis_server: RedisServer, redis_proxy: TCPProxy
@@ -268,3 +267,98 @@ def test_proxy_cut_and_restore(redis_server: RedisServer, redis_proxy: TCPProxy
     redis_proxy.restore()
     time.sleep(0.1)
     assert ping() == b"+PONG\r\n"
+
+
+class Watcher:
+    """One client session in the chaos test, and what it has been told."""
+
+    def __init__(self, server: ServerProcess, uid: int, friends: list[int],
+                 status: str | None) -> None:
+        self.server = server
+        self.uid = uid
+        self.friends = set(friends)
+        fields = {"status": status} if status else {}
+        self.sock = login(server, uid, friends, **fields)
+        self.view: dict[int, str] = {}
+
+    def read(self, quiet: float = 0.0) -> None:
+        for m in self.sock.recv_all(quiet):
+            if m["type"] != "presence" or m["user_id"] not in self.friends:
+                continue
+            if m["online"]:
+                self.view[m["user_id"]] = m["status"]
+            else:
+                self.view.pop(m["user_id"], None)
+
+
+def test_chaos_converges(start_server: Start, redis_server: RedisServer) -> None:
+    """Random logins, logouts, status and friend changes on three nodes, with
+    Redis killed and restarted empty meanwhile and one node SIGKILLed: at the
+    end every remaining session's view equals the truth of a model."""
+    import random
+
+    rng = random.Random(7)
+    extra = ("--timeout", "120")
+    nodes = [node(start_server, redis_server.url, f"n{i}", *extra) for i in (1, 2, 3)]
+    users = list(range(1, 11))
+    sessions: list[Watcher] = []
+    status: dict[int, str] = {}
+
+    def present(uid: int) -> bool:
+        return any(s.uid == uid for s in sessions)
+
+    def act() -> None:
+        roll = rng.random()
+        live = [s for s in sessions if s.server.proc.poll() is None]
+        if roll < 0.35 or not live:
+            uid = rng.choice(users)
+            friends = rng.sample([u for u in users if u != uid], 4)
+            st = rng.choice([None, None, "away", "busy", "invisible"])
+            if not present(uid):
+                status[uid] = st or "online"
+            elif st:
+                status[uid] = st
+            server = rng.choice([n for n in nodes if n.proc.poll() is None])
+            sessions.append(Watcher(server, uid, friends, st))
+        elif roll < 0.6:
+            s = rng.choice(live)
+            s.sock.send({"type": "bye"})
+            sessions.remove(s)
+        elif roll < 0.8:
+            s = rng.choice(live)
+            st = rng.choice(["online", "away", "busy", "invisible"])
+            s.sock.send({"type": "status", "status": st})
+            status[s.uid] = st
+        else:
+            s = rng.choice(live)
+            friends = rng.sample([u for u in users if u != s.uid], 4)
+            s.read()
+            s.sock.send({"type": "friends", "friends": friends})
+            s.friends = set(friends)
+            s.view = {u: v for u, v in s.view.items() if u in s.friends}
+        time.sleep(0.05)
+
+    for _ in range(40):
+        act()
+    redis_server.stop(signal.SIGKILL)
+    for _ in range(15):
+        act()
+    redis_server.start()
+    for _ in range(25):
+        act()
+    victim = nodes[2]
+    victim.proc.send_signal(signal.SIGKILL)
+    sessions[:] = [s for s in sessions if s.server is not victim]
+    for _ in range(15):
+        act()
+    time.sleep(TTL + 2.5)
+    for s in sessions:
+        s.read(0.3)
+    for s in sessions:
+        truth = {
+            f: status[f]
+            for f in s.friends
+            if present(f) and status[f] != "invisible"
+        }
+        assert s.view == truth, (s.uid, s.server.args)
+    assert len(sessions) >= 3
