@@ -111,6 +111,7 @@ class RedisBus(service.Service):
         self.incarnation = self._new_incarnation()
         self._registered = False
         self._joined = False
+        self._up_since: float | None = None
         self.up = False
         self.listener: IStateListener | None = None
 
@@ -343,6 +344,7 @@ class RedisBus(service.Service):
         self._lose(reason.getErrorMessage())
 
     def _lose(self, why: str) -> None:
+        self._up_since = None
         self._generation += 1
         self._recovering = True
         self._asserted = False
@@ -520,11 +522,16 @@ class RedisBus(service.Service):
         )
 
     def _heartbeat(self, cmd: CommandConnection, mode: str) -> defer.Deferred[Any]:
+        # Judge others only after being up for a TTL ourselves: after a Redis
+        # outage every node gets that long to reconnect before it is dead.
+        since = self._up_since
+        judge = since is not None and self._reactor.seconds() - since >= self.ttl
         return self._evalsha(
             cmd,
             scripts.HEARTBEAT,
             (scripts.NODES, scripts.DEAD, scripts.NAMES),
-            (self.incarnation, format_at(self.ttl), mode, self.node),
+            (self.incarnation, format_at(self.ttl), mode, self.node,
+             "1" if judge else "0"),
         )
 
     async def _read(
@@ -668,6 +675,7 @@ class RedisBus(service.Service):
                 self._states[uid] = state
         self.stats["resyncs"] += 1
         self.up = True
+        self._up_since = self._reactor.seconds()
         self._lost_logged = False
         if self.listener is not None:
             self.listener.resync(list(self._states.values()))

@@ -176,14 +176,16 @@ redis.call('PUBLISH', '{u:' .. uid .. '}', uid .. '|' .. v .. '|' ..
 return 1
 """)
 
-# KEYS: nodes, dead, names.  ARGV: incarnation, ttl, mode, node id.
+# KEYS: nodes, dead, names.  ARGV: incarnation, ttl, mode, node id, judge.
 #   beat:     refresh; {'gone'} if this incarnation is not live any more
 #             (declared dead, or Redis lost its data).
 #   register: join as a live incarnation; a previous incarnation of the same
 #             node id is declared dead at once (the process was restarted).
 #   leave:    declare this incarnation dead now (a clean stop).
-# Then (beat, register): declare dead every incarnation silent for more than
-# ttl seconds, and claim the lease of dead incarnations nobody is cleaning up.
+# Then (beat, register): if JUDGE is "1", declare dead every incarnation
+# silent for more than ttl seconds (a node judges only once it has itself been
+# connected for ttl seconds: after a Redis outage the others get that long to
+# come back); and claim the lease of dead incarnations nobody is cleaning up.
 # Returns {'ok', NOW, INCARNATION, LAST_ALIVE, ...} for the claimed ones.
 HEARTBEAT = Script("heartbeat", r"""
 local nodes, dead, names = KEYS[1], KEYS[2], KEYS[3]
@@ -211,11 +213,13 @@ elseif not redis.call('ZSCORE', nodes, me) then
   return {'gone', fmt(now)}
 end
 redis.call('ZADD', nodes, fmt(now), me)
-local expired = redis.call('ZRANGEBYSCORE', nodes, '-inf', '(' .. fmt(now - ttl),
-  'WITHSCORES')
-for i = 1, #expired, 2 do
-  redis.call('ZREM', nodes, expired[i])
-  redis.call('HSET', dead, expired[i], expired[i + 1] .. '|0')
+if ARGV[5] == '1' then
+  local expired = redis.call('ZRANGEBYSCORE', nodes, '-inf',
+    '(' .. fmt(now - ttl), 'WITHSCORES')
+  for i = 1, #expired, 2 do
+    redis.call('ZREM', nodes, expired[i])
+    redis.call('HSET', dead, expired[i], expired[i + 1] .. '|0')
+  end
 end
 local result = {'ok', fmt(now)}
 local d = redis.call('HGETALL', dead)

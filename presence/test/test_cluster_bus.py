@@ -458,6 +458,38 @@ class RedisOutage(RedisCase):
         )
 
     @async_test
+    async def test_outage_longer_than_ttl_no_flap(self) -> None:
+        """Redis frozen (SIGSTOP) for longer than the TTL, with its data, and
+        one node back half a TTL after the other: the first does not declare
+        the second dead before it had a TTL to reconnect, so no user flaps."""
+        ttl = 1.0
+        a, la = await self.node("a", ttl)
+        b, lb = await self.node("b", ttl)
+        a.publish(1, Share(1), None, 1.0)
+        b.publish(2, Share(1), None, 1.0)
+        b.follow([1])
+        a.follow([2])
+        await self.sync(a, b)
+        # Both nodes judge others by now (up for more than a TTL).
+        await task.deferLater(reactor, ttl + 0.2, lambda: None)
+        assert self.redis.proc is not None
+        self.redis.proc.send_signal(signal.SIGSTOP)
+        for svc in b._services:
+            svc.stopService()
+        await task.deferLater(reactor, 3 * ttl, lambda: None)
+        self.redis.proc.send_signal(signal.SIGCONT)
+        await until(lambda: a.up)
+        await task.deferLater(reactor, ttl / 2, lambda: None)
+        for svc in b._services:
+            svc.startService()
+        await until(lambda: a.up and b.up)
+        await task.deferLater(reactor, 2 * ttl, lambda: None)
+        await self.sync(a, b)
+        self.assertEqual([(s.uid, s.present) for s in lb.states], [(1, True)])
+        self.assertEqual([(s.uid, s.present) for s in la.states], [(2, True)])
+        self.assertEqual((set(la.view), set(lb.view)), ({2}, {1}))
+
+    @async_test
     async def test_script_flush(self) -> None:
         """Redis forgetting the scripts (SCRIPT FLUSH): the node reconnects,
         loads them again, re-asserts, and nothing is lost."""
