@@ -110,16 +110,29 @@ else
     osa = (has_change and cat) or '0'
     has_change = false
   end
+  -- A ghost stands only for a user with no session anywhere: live sessions
+  -- replace other nodes' ghosts, and no ghost is kept beside live sessions.
+  local all = redis.call('HGETALL', sk)
   if string.sub(ARGV[4], 1, 2) ~= '0|' then
-    -- live sessions: they replace other nodes' ghosts
-    local all = redis.call('HGETALL', sk)
     for i = 1, #all, 2 do
       if all[i] ~= me and string.sub(all[i + 1], 1, 2) == '0|' then
         redis.call('HDEL', sk, all[i])
       end
     end
+    redis.call('HSET', sk, me, ARGV[4])
+  else
+    local live = false
+    for i = 1, #all, 2 do
+      if all[i] ~= me and string.sub(all[i + 1], 1, 2) ~= '0|' then
+        live = true
+      end
+    end
+    if live then
+      redis.call('HDEL', sk, me)
+    else
+      redis.call('HSET', sk, me, ARGV[4])
+    end
   end
-  redis.call('HSET', sk, me, ARGV[4])
 end
 local all = redis.call('HGETALL', sk)
 local present = #all > 0

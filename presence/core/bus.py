@@ -132,11 +132,17 @@ class MemoryHub:
                 UserState(uid, False, status, text, _EMPTY, 0, at, 0)
             )
         if share is not None:
+            # A ghost stands only for a user with no session anywhere: one
+            # coming back replaces ghosts, and a node whose last session of a
+            # user ends while others hold some keeps no ghost.
             if share.sessions:
-                # Back within the grace: ghosts on other nodes are replaced.
                 for other in [n for n, s in record.shares.items() if not s.sessions]:
                     del record.shares[other]
-            record.shares[node] = share
+                record.shares[node] = share
+            elif any(s.sessions for n, s in record.shares.items() if n != node):
+                record.shares.pop(node, None)
+            else:
+                record.shares[node] = share
         self._settle(record, change, at)
 
     def _settle(self, record: _Record, change: StatusChange | None, at: float) -> None:

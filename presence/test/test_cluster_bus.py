@@ -223,7 +223,7 @@ class SameAsMemoryHub(RedisCase):
         """Random shares, ghosts, status writes, mutual lists, follows and
         unfollows from two nodes: each node's listener is told the same
         sequence of states as MemoryHub's, with growing versions."""
-        for seed in range(3):
+        for seed in range(5):
             await self.run_ops(seed, 250)
             self.redis.command("FLUSHALL")
 
