@@ -118,6 +118,7 @@ class RedisBus(service.Service):
         # What this node holds.
         self._shares: dict[int, Share] = {}
         self._writes: dict[int, _Write] = {}
+        self._since: dict[int, float] = {}  # when this node's share began
         self._gone: dict[int, float] = {}  # removed while Redis was away
         # What it follows, and what it told.
         self._followed: set[int] = set()
@@ -207,8 +208,11 @@ class RedisBus(service.Service):
         if share is None:
             self._shares.pop(uid, None)
             self._writes.pop(uid, None)
+            self._since.pop(uid, None)
         else:
             self._shares[uid] = share
+            if not had:
+                self._since[uid] = at
             if change is not None:
                 write = (change.status or "", change.text is not None,
                          change.text or "", at)
@@ -512,7 +516,8 @@ class RedisBus(service.Service):
                 uid,
                 incarnation or self.incarnation,
                 mode,
-                encode_share(share) if share is not None else "",
+                encode_share(share, self._since.get(uid, at), self._writes.get(uid))
+                if share is not None else "",
                 status,
                 "1" if has_text else "0",
                 text,
@@ -612,7 +617,7 @@ class RedisBus(service.Service):
         stale.update(self._gone)
         stale.difference_update(self._shares)
         for uid in stale:
-            cmd.send(*self._apply_args(uid, "del", None, None,
+            cmd.send(*self._apply_args(uid, "undo", None, None,
                                        self._gone.get(uid, now)))
         gone = sorted(stale)
         for i in range(0, len(gone), CHUNK):

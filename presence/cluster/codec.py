@@ -25,8 +25,20 @@ def decode_listed(text: bytes | str) -> frozenset[int]:
     return frozenset(map(int, text.split(b",")))
 
 
-def encode_share(share: Share) -> str:
-    return f"{share.sessions}|{format_at(share.ended_at)}|{encode_listed(share.listed)}"
+def encode_share(
+    share: Share,
+    since: float = 0.0,
+    write: tuple[str, bool, str, float] | None = None,
+) -> str:
+    """``SESSIONS|ENDED_AT|SINCE|LISTED|SA|STATUS|HAS_TEXT|TEXT``: the share,
+    since when this node holds one, and the status its sessions last wrote
+    (when, status or "", whether a text, the text)."""
+    status, has_text, text, sa = write or ("", False, "", 0.0)
+    return (
+        f"{share.sessions}|{format_at(share.ended_at)}|{format_at(since)}|"
+        f"{encode_listed(share.listed)}|{format_at(sa)}|{status}|"
+        f"{'1' if has_text else '0'}|{text}"
+    )
 
 
 def absent(uid: int, version: int, last_seen: float = 0.0) -> UserState:

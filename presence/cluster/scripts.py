@@ -3,8 +3,11 @@
 Per user (hash-tagged, so that one user's keys share a Redis Cluster slot and
 each script touches one slot only):
 
-  - ``{u:ID}:s``  hash: node incarnation -> its share, ``"SESSIONS|ENDED_AT|LISTED"``
-    (LISTED: the ids as decimal strings, sorted as strings, joined by ",").
+  - ``{u:ID}:s``  hash: node incarnation -> its share,
+    ``"SESSIONS|ENDED_AT|SINCE|LISTED|SA|STATUS|HAS_TEXT|TEXT"`` (LISTED: the
+    ids as decimal strings, sorted as strings, joined by ","; SINCE: when the
+    node's share began; SA, STATUS, HAS_TEXT, TEXT: the status its sessions
+    last wrote, used only to settle a gap found after an outage).
   - ``{u:ID}:v``  hash: the user's global state while present: ``p`` "1",
     ``s`` status, ``t`` text, ``l`` listed (same form), ``n`` live sessions,
     ``ls`` last_seen, ``v`` version, ``sa`` when the status was last written
@@ -67,12 +70,16 @@ class Script:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
 
-# ARGV: uid, incarnation, mode (set | assert | del | reap), share, status ("" =
+# ARGV: uid, incarnation, mode (set | assert | del | undo | reap), share, status ("" =
 # unchanged), has_text ("1"/"0"), text, at, status_at, tombstone ttl.
 #   set:    this node's share is now ARGV[4]; a status write applies.
 #   assert: the same after a reconnect; the remembered status write applies
 #           only if newer (status_at) than the one stored.
 #   del:    this node holds no share any more (a no-op if it held none).
+#   undo:   as del, sent after an outage for a share dropped during it (at
+#           AT): if every remaining share began after AT, the user was absent
+#           in between, so its status was forgotten: it becomes the last one
+#           written by the remaining shares' sessions, or "online".
 #   reap:   as del, for a dead incarnation: a ghost's user was last seen when
 #           its last session ended, if that is earlier than AT.
 # Mirrors presence.core.bus.MemoryHub._apply and _settle.
@@ -90,7 +97,7 @@ if oldp then
   ostatus, otext, olisted, ols = old[2], old[3], old[4], old[6]
   osa = old[8] or '0'
 end
-if mode == 'del' or mode == 'reap' then
+if mode == 'del' or mode == 'undo' or mode == 'reap' then
   local held = redis.call('HGET', sk, me)
   if not held then return 0 end
   if mode == 'reap' then
@@ -142,9 +149,24 @@ if present and has_change and (mode ~= 'assert' or tonumber(cat) > tonumber(osa)
   if has_text then text = ctext end
   sa = cat
 end
+if mode == 'undo' and present then
+  local first, best, bsa = nil, nil, -1
+  for i = 2, #all, 2 do
+    local since, wsa, wst, wtf, wtx = string.match(all[i],
+      '^%d+|[^|]*|([^|]*)|[^|]*|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+    since, wsa = tonumber(since), tonumber(wsa)
+    if first == nil or since < first then first = since end
+    if wsa > bsa then bsa, best = wsa, {wst, wtf, wtx} end
+  end
+  if first > tonumber(at) then
+    status = (best[1] ~= '' and best[1]) or 'online'
+    text = (best[2] == '1' and best[3]) or ''
+    sa = string.format('%.6f', bsa)
+  end
+end
 local sessions, lists = 0, {}
 for i = 2, #all, 2 do
-  local n, l = string.match(all[i], '^(%d+)|[^|]*|(.*)$')
+  local n, l = string.match(all[i], '^(%d+)|[^|]*|[^|]*|([^|]*)|')
   sessions = sessions + tonumber(n)
   if l ~= '' then lists[#lists + 1] = l end
 end

@@ -490,6 +490,35 @@ class RedisOutage(RedisCase):
         self.assertEqual((set(la.view), set(lb.view)), ({2}, {1}))
 
     @async_test
+    async def test_absence_during_outage_forgets_status(self) -> None:
+        """A user away on node a whose session ends while a and b are cut off
+        from Redis, and who logs in on b meanwhile (no status): when both are
+        back (b first), the user is online with status "online", not "away":
+        nobody held it in between, so its status was forgotten."""
+        a, _ = await self.node("a")
+        b, _ = await self.node("b")
+        c, lc = await self.node("c")
+        a.publish(9, Share(1), StatusChange("away", "lunch"), 1.0)
+        c.follow([9])
+        await self.sync(a, b, c)
+        for svc in a._services + b._services:
+            svc.stopService()
+        await until(lambda: not a.up and not b.up)
+        a.publish(9, None, None, 2.0)
+        b.publish(9, Share(1), None, 3.0)
+        for svc in b._services:
+            svc.startService()
+        await until(lambda: b.up)
+        await self.sync(b, c)
+        self.assertEqual(lc.view[9].status, "away")  # a's share still there
+        for svc in a._services:
+            svc.startService()
+        await until(lambda: a.up)
+        await self.sync(a, b, c)
+        self.assertEqual((lc.view[9].status, lc.view[9].text), ("online", ""))
+        self.assertEqual(lc.view[9].sessions, 1)
+
+    @async_test
     async def test_script_flush(self) -> None:
         """Redis forgetting the scripts (SCRIPT FLUSH): the node reconnects,
         loads them again, re-asserts, and nothing is lost."""

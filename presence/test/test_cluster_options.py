@@ -112,8 +112,15 @@ class Codec(unittest.TestCase):
         self.assertEqual(encode_listed(frozenset({2, 10, 100, 9})), "10,100,2,9")
 
     def test_share(self) -> None:
+        """Sessions, ghost end, since, listed, then the last status write
+        (text last: it may hold the separator)."""
         self.assertEqual(
-            encode_share(Share(2, frozenset({3, 12}), 0.0)), "2|0.000000|12,3"
+            encode_share(Share(2, frozenset({3, 12}), 0.0)),
+            "2|0.000000|0.000000|12,3|0.000000||0|",
+        )
+        self.assertEqual(
+            encode_share(Share(0, frozenset(), 5.5), 1.0, ("away", True, "a|b", 2.0)),
+            "0|5.500000|1.000000||2.000000|away|1|a|b",
         )
 
     def test_event(self) -> None:
