@@ -80,8 +80,8 @@ class Script:
 #           AT): if every remaining share began after AT, the user was absent
 #           in between, so its status was forgotten: it becomes the last one
 #           written by the remaining shares' sessions, or "online".
-#   reap:   as del, for a dead incarnation: a ghost's user was last seen when
-#           its last session ended, if that is earlier than AT.
+#   reap:   as undo, for a dead incarnation last alive at AT: a ghost's user
+#           was last seen when its last session ended, if that is earlier.
 # Mirrors presence.core.bus.MemoryHub._apply and _settle.
 APPLY = Script("apply", r"""
 local sk, vk = KEYS[1], KEYS[2]
@@ -149,7 +149,7 @@ if present and has_change and (mode ~= 'assert' or tonumber(cat) > tonumber(osa)
   if has_text then text = ctext end
   sa = cat
 end
-if mode == 'undo' and present then
+if (mode == 'undo' or mode == 'reap') and present then
   local first, best, bsa = nil, nil, -1
   for i = 2, #all, 2 do
     local since, wsa, wst, wtf, wtx = string.match(all[i],

@@ -351,6 +351,28 @@ class NodeFailure(RedisCase):
         a.running = False
 
     @async_test
+    async def test_back_elsewhere_before_death_noticed(self) -> None:
+        """A user away on a node that dies, who logs in on another node (no
+        status) before the death is noticed: watchers never see it offline,
+        and once the dead node is cleaned up its status is "online" (its
+        last session ended at the death: the status was forgotten)."""
+        ttl = 1.0
+        a, _ = await self.node("a", ttl)
+        b, lb = await self.node("b", ttl)
+        a.publish(9, Share(1), StatusChange("away", None), 1.0)
+        b.follow([9])
+        await self.sync(a, b)
+        a._beat.stop()
+        for svc in a._services:
+            svc.stopService()
+        a.running = False
+        await task.deferLater(reactor, 0.1, lambda: None)
+        b.publish(9, Share(1), None, reactor.seconds())
+        await lb.until(lambda: lb.view[9].status == "online", ttl + 2)
+        self.assertEqual([(s.present, s.status) for s in lb.states],
+                         [(True, "away"), (True, "online")])
+
+    @async_test
     async def test_node_declared_dead_comes_back(self) -> None:
         """A node silent for longer than the TTL (connection still up) is
         declared dead; when it refreshes again it joins under a new
