@@ -26,6 +26,7 @@ what it asserts again.
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import socket
 from collections import deque
@@ -104,7 +105,10 @@ class RedisBus(service.Service):
         self.address = address
         self.node = node or default_node_id()
         self.ttl = ttl
-        self.interval = min(ttl / 3, 1.0)
+        # Refresh (and judge others) every second, or ten times per TTL when
+        # that is shorter; reconnect as often: a node cut off for less than
+        # the TTL minus about two of these is back before it is judged dead.
+        self.interval = min(ttl / 10, 1.0)
         # A connection that answers nothing for this long is dropped.
         self.silence = max(ttl / 2, 2 * self.interval)
         self._reactor = reactor
@@ -154,7 +158,12 @@ class RedisBus(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        policy = backoffPolicy(initialDelay=0.1, factor=2.0, maxDelay=1.0)
+        # (Twisted's default jitter adds up to a second: too much here.)
+        jitter = self.interval / 4
+        policy = backoffPolicy(
+            initialDelay=min(0.1, self.interval), factor=2.0,
+            maxDelay=self.interval, jitter=lambda: random.random() * jitter,
+        )
         for kind in (CommandConnection, SubscriberConnection):
             factory = ConnectionFactory(kind, self, self.address)
             endpoint = self.address.endpoint(self._reactor, timeout=self.silence)
