@@ -15,7 +15,9 @@ changes, WINDOW at a time, and B receives one event per change.  Reported:
     halves of a cross-node delivery), and redis-server's CPU (INFO);
   - Redis memory per present user (used_memory) and keys per user;
   - Redis killed and started empty: time until both nodes are up again and
-    B has resynced (A re-asserts every share).
+    B has resynced (A re-asserts every share);
+  - node A killed: time until B has seen all its users go offline, and how
+    long the cleanup itself took (from the first offline to the last).
 
 Loopback only, bounded in time.
 """
@@ -138,6 +140,19 @@ async def run(args: argparse.Namespace, redis: RedisServer) -> None:
         await task.deferLater(reactor, 0.01, lambda: None)
     recover = time.monotonic() - start
 
+    # Node A dies (no leave): B's cleanup takes its users offline.
+    a._beat.stop()
+    for svc in a._services:
+        await svc.stopService()
+    killed = time.monotonic()
+    first: list[float] = []
+    while lb.present:
+        if len(lb.present) < n and not first:
+            first.append(time.monotonic())
+        await task.deferLater(reactor, 0.01, lambda: None)
+    gone = time.monotonic()
+    cleanup = gone - (first[0] if first else killed)
+
     print(f"users {n}, listed {args.listed}, changes {args.changes}, "
           f"window {args.window}")
     print(f"logins: {login_wall * 1e3:.0f} ms, node CPU "
@@ -151,8 +166,11 @@ async def run(args: argparse.Namespace, redis: RedisServer) -> None:
     print(f"Redis memory: {mem / n:.0f} bytes/user, {keys / n:.2f} keys/user")
     print(f"Redis restarted empty: B sees all {n} users again after "
           f"{recover * 1e3:.0f} ms (users in B's resyncs: {lb.resyncs})")
-    for bus in (a, b):
-        await bus.stopService()
+    print(f"node A killed: all {n} users offline at B after "
+          f"{(gone - killed) * 1e3:.0f} ms (TTL 10 s), the cleanup itself "
+          f"{cleanup * 1e3:.0f} ms")
+    a.running = False
+    await b.stopService()
 
 
 def main() -> None:

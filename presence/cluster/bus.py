@@ -63,7 +63,7 @@ log = Logger()
 
 # Channels per SUBSCRIBE command, ids per SADD, users per cleanup round.
 CHUNK = 5000
-REAP_CHUNK = 500
+REAP_CHUNK = 2000
 
 # A status write remembered for re-asserting: status ("" = none), whether the
 # text is written, the text, and when (the node's clock).
@@ -105,10 +105,10 @@ class RedisBus(service.Service):
         self.address = address
         self.node = node or default_node_id()
         self.ttl = ttl
-        # Refresh (and judge others) every second, or ten times per TTL when
+        # Refresh (and judge others) twice a second, or ten times per TTL when
         # that is shorter; reconnect as often: a node cut off for less than
         # the TTL minus about two of these is back before it is judged dead.
-        self.interval = min(ttl / 10, 1.0)
+        self.interval = min(ttl / 10, 0.5)
         # A connection that answers nothing for this long is dropped.
         self.silence = max(ttl / 2, 2 * self.interval)
         self._reactor = reactor

@@ -29,9 +29,10 @@ user ids it may hold a share of (a superset: added before the share, removed
 after it).  A survivor reads it to clean up after a dead node, one script per
 user.
 
-Versions are ``max(old + 1, Redis time in microseconds)``: they grow across a
-user's absences (the tombstone covers a clock that steps back by less than
-its TTL) and stay exact in Lua's doubles (below 2**53) until the year 2255.
+Versions grow by one while a user is present, and start again from at least
+Redis's time in microseconds after an absence: they grow across a user's
+absences (the tombstone covers a clock that steps back by less than its TTL)
+and stay exact in Lua's doubles (below 2**53) until the year 2255.
 """
 
 from __future__ import annotations
@@ -97,8 +98,11 @@ if oldp then
   ostatus, otext, olisted, ols = old[2], old[3], old[4], old[6]
   osa = old[8] or '0'
 end
+local all = redis.call('HGETALL', sk)
+local shares = {}
+for i = 1, #all, 2 do shares[all[i]] = all[i + 1] end
 if mode == 'del' or mode == 'undo' or mode == 'reap' then
-  local held = redis.call('HGET', sk, me)
+  local held = shares[me]
   if not held then return 0 end
   if mode == 'reap' then
     local ended = string.match(held, '^0|([^|]*)|')
@@ -107,6 +111,7 @@ if mode == 'del' or mode == 'undo' or mode == 'reap' then
     end
   end
   redis.call('HDEL', sk, me)
+  shares[me] = nil
   has_change = false
 else
   if not oldp then
@@ -119,30 +124,32 @@ else
   end
   -- A ghost stands only for a user with no session anywhere: live sessions
   -- replace other nodes' ghosts, and no ghost is kept beside live sessions.
-  local all = redis.call('HGETALL', sk)
   if string.sub(ARGV[4], 1, 2) ~= '0|' then
-    for i = 1, #all, 2 do
-      if all[i] ~= me and string.sub(all[i + 1], 1, 2) == '0|' then
-        redis.call('HDEL', sk, all[i])
+    for node, share in pairs(shares) do
+      if node ~= me and string.sub(share, 1, 2) == '0|' then
+        redis.call('HDEL', sk, node)
+        shares[node] = nil
       end
     end
     redis.call('HSET', sk, me, ARGV[4])
+    shares[me] = ARGV[4]
   else
     local live = false
-    for i = 1, #all, 2 do
-      if all[i] ~= me and string.sub(all[i + 1], 1, 2) ~= '0|' then
-        live = true
-      end
+    for node, share in pairs(shares) do
+      if node ~= me and string.sub(share, 1, 2) ~= '0|' then live = true end
     end
     if live then
-      redis.call('HDEL', sk, me)
+      if shares[me] then
+        redis.call('HDEL', sk, me)
+        shares[me] = nil
+      end
     else
       redis.call('HSET', sk, me, ARGV[4])
+      shares[me] = ARGV[4]
     end
   end
 end
-local all = redis.call('HGETALL', sk)
-local present = #all > 0
+local present = next(shares) ~= nil
 local status, text, sa = ostatus, otext, osa
 if present and has_change and (mode ~= 'assert' or tonumber(cat) > tonumber(osa)) then
   if cst ~= '' then status = cst end
@@ -151,8 +158,8 @@ if present and has_change and (mode ~= 'assert' or tonumber(cat) > tonumber(osa)
 end
 if (mode == 'undo' or mode == 'reap') and present then
   local first, best, bsa = nil, nil, -1
-  for i = 2, #all, 2 do
-    local since, wsa, wst, wtf, wtx = string.match(all[i],
+  for _, share in pairs(shares) do
+    local since, wsa, wst, wtf, wtx = string.match(share,
       '^%d+|[^|]*|([^|]*)|[^|]*|([^|]*)|([^|]*)|([^|]*)|(.*)$')
     since, wsa = tonumber(since), tonumber(wsa)
     if first == nil or since < first then first = since end
@@ -165,8 +172,8 @@ if (mode == 'undo' or mode == 'reap') and present then
   end
 end
 local sessions, lists = 0, {}
-for i = 2, #all, 2 do
-  local n, l = string.match(all[i], '^(%d+)|[^|]*|[^|]*|([^|]*)|')
+for _, share in pairs(shares) do
+  local n, l = string.match(share, '^(%d+)|[^|]*|[^|]*|([^|]*)|')
   sessions = sessions + tonumber(n)
   if l ~= '' then lists[#lists + 1] = l end
 end
@@ -192,14 +199,18 @@ if present == oldp and status == ostatus and text == otext and listed == olisted
   if present then redis.call('HSET', vk, 'n', sessions, 'sa', sa) end
   return 0
 end
-local t = redis.call('TIME')
-local version = tonumber(t[1]) * 1000000 + tonumber(t[2])
-if over + 1 > version then version = over + 1 end
+local version = over + 1
+if not oldp then
+  -- after an absence (the tombstone may be gone): at least Redis's clock
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  if now > version then version = now end
+end
 local v = string.format('%.0f', version)
 if present then
   redis.call('HSET', vk, 'p', '1', 's', status, 't', text, 'l', listed,
     'n', sessions, 'ls', last_seen, 'v', v, 'sa', sa)
-  redis.call('PERSIST', vk)
+  if not oldp then redis.call('PERSIST', vk) end
 else
   redis.call('DEL', vk)
   redis.call('HSET', vk, 'p', '0', 'v', v, 'ls', last_seen)
