@@ -85,8 +85,9 @@ class ClusterOptionParsing(unittest.TestCase):
         self.assertEqual((bus.node, bus.ttl), ("n1", 4.5))
         self.assertEqual(bus.address, RedisAddress("127.0.0.1", 7, 2))
         self.assertEqual(bus.interval, 0.45)
-        self.assertEqual(cluster.build_bus(parse("--redis", "redis://h")).interval,
-                         0.5)
+        default = cluster.build_bus(parse("--redis", "redis://h"))
+        assert default is not None
+        self.assertEqual(default.interval, 0.5)
 
     def test_default_node_id(self) -> None:
         """Without --node-id the node is hostname:pid; ttl 10 s."""
