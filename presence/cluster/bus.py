@@ -30,7 +30,7 @@ import random
 import secrets
 import socket
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import txredisapi
@@ -64,6 +64,7 @@ log = Logger()
 # Channels per SUBSCRIBE command, ids per SADD, users per cleanup round.
 CHUNK = 5000
 REAP_CHUNK = 2000
+_CONTROL = scripts.CONTROL.encode()
 
 # A status write remembered for re-asserting: status ("" = none), whether the
 # text is written, the text, and when (the node's clock).
@@ -118,6 +119,9 @@ class RedisBus(service.Service):
         self._up_since: float | None = None
         self.up = False
         self.listener: IStateListener | None = None
+        # Set by the server: end this node's sessions of a user (the admin
+        # API's disconnect, from whichever node it was asked of).
+        self.on_disconnect: Callable[[int], object] | None = None
 
         # What this node holds.
         self._shares: dict[int, Share] = {}
@@ -320,6 +324,18 @@ class RedisBus(service.Service):
             raise txredisapi.ConnectionError("Redis is unreachable")
         return await self._read(cmd, uids)
 
+    async def disconnect(self, uid: int) -> int:
+        """End every session of C{uid} on every node (the admin API's
+        C{/v1/disconnect}): each node, this one included, calls its
+        C{on_disconnect(uid)}.  Returns the user's live sessions as Redis
+        counts them just before."""
+        cmd = self._cmd
+        if cmd is None:
+            raise txredisapi.ConnectionError("Redis is unreachable")
+        state = (await self._read(cmd, [uid]))[0]
+        await cmd.call("PUBLISH", scripts.CONTROL, f"disconnect|{uid}")
+        return state.sessions if state is not None and state.present else 0
+
     async def live_nodes(self) -> int:
         """How many nodes are live now (for metrics)."""
         cmd = self._cmd
@@ -338,6 +354,8 @@ class RedisBus(service.Service):
             self._to_sub = set(self._followed)
             self._to_unsub.clear()
             self._ping_sent = None
+            conn.send("SUBSCRIBE", scripts.CONTROL)
+            self._batches.append(_Batch(1, [], None))
             self._flush()
         else:
             self._cmd = conn
@@ -369,13 +387,24 @@ class RedisBus(service.Service):
             self._lost_logged = True
         self.up = False
 
-    def message(self, payload: bytes) -> None:
+    def message(self, channel: bytes, payload: bytes) -> None:
+        if channel == _CONTROL:
+            self._control(payload)
+            return
         try:
             state = decode_event(payload)
         except ValueError:
             log.error("bad event from Redis: {payload!r}", payload=payload[:200])
             return
         self._offer(state, True)
+
+    def _control(self, payload: bytes) -> None:
+        what, _, arg = payload.partition(b"|")
+        if what == b"disconnect" and arg.isdigit():
+            if self.on_disconnect is not None:
+                self.on_disconnect(int(arg))
+        else:
+            log.warn("unknown cluster control message {p!r}", p=payload[:100])
 
     def subscribed(self) -> None:
         if self._batches:

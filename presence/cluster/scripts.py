@@ -23,6 +23,8 @@ Per cluster (one slot):
   - ``{cluster}:dead`` hash: declared dead incarnation -> ``"LAST_ALIVE|LEASE"``;
     a survivor holds the lease (Redis time) while it removes the shares.
   - ``{cluster}:names`` hash: node id -> its current incarnation.
+  - channel ``{cluster}:control``: ``"disconnect|ID"``, every node ends the
+    user's sessions.
 
 Per node incarnation (its own slot): ``{n:INCARNATION}:users``, the set of
 user ids it may hold a share of (a superset: added before the share, removed
@@ -44,6 +46,7 @@ STATE_FIELDS = ("p", "s", "t", "l", "n", "ls", "v")
 NODES = "{cluster}:nodes"
 DEAD = "{cluster}:dead"
 NAMES = "{cluster}:names"
+CONTROL = "{cluster}:control"  # channel: "disconnect|ID" (the admin API)
 
 
 def shares_key(uid: int) -> str:

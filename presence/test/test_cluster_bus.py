@@ -300,6 +300,25 @@ class Subscriptions(RedisCase):
         self.assertEqual(self.redis.command("PUBSUB", "NUMSUB", "{u:1}"), [b"{u:1}", 0])
 
 
+class Control(RedisCase):
+    @async_test
+    async def test_disconnect_reaches_every_node(self) -> None:
+        """disconnect(uid) asked of one node calls on_disconnect(uid) on every
+        node, itself included, and answers the sessions Redis counted."""
+        a, _ = await self.node("a")
+        b, _ = await self.node("b")
+        called: list[tuple[str, int]] = []
+        a.on_disconnect = lambda uid: called.append(("a", uid))
+        b.on_disconnect = lambda uid: called.append(("b", uid))
+        a.publish(4, Share(2), None, 1.0)
+        b.publish(4, Share(1), None, 1.0)
+        await self.sync(a, b)
+        self.assertEqual(await b.disconnect(4), 3)
+        await self.sync(a, b)
+        self.assertEqual(sorted(called), [("a", 4), ("b", 4)])
+        self.assertEqual(await a.disconnect(5), 0)
+
+
 class NodeFailure(RedisCase):
     @async_test
     async def test_dead_node_users_go_offline(self) -> None:
