@@ -44,6 +44,7 @@ from zope.interface import implementer
 
 from presence.cluster import scripts
 from presence.cluster.codec import (
+    absent,
     decode_event,
     decode_stored,
     encode_share,
@@ -151,6 +152,9 @@ class RedisBus(service.Service):
         self._lost_logged = False
         self._reaping: set[str] = set()
         self._up_waiters: list[defer.Deferred[None]] = []
+        # Kept as they were after Redis lost its data, until confirmed.
+        self._unconfirmed: set[int] = set()
+        self._calls: list[IDelayedCall] = []
         self._beat = task.LoopingCall(self._tick)
         self._beat.clock = reactor
         self.stats = {"applies": 0, "subscribes": 0, "reads": 0, "resyncs": 0}
@@ -186,6 +190,11 @@ class RedisBus(service.Service):
     async def _stop(self) -> None:
         if self._beat.running:
             self._beat.stop()
+        for call in self._calls:
+            if call.active():
+                call.cancel()
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
         cmd = self._cmd
         if cmd is not None and self._asserted:
             try:
@@ -477,6 +486,7 @@ class RedisBus(service.Service):
             return
         if state.version <= self._versions.get(uid, -1):
             return
+        self._unconfirmed.discard(uid)
         self._versions[uid] = state.version
         if state.present:
             self._states[uid] = state
@@ -622,7 +632,8 @@ class RedisBus(service.Service):
         if generation != self._generation:
             return
         reply = await self._heartbeat(cmd, "beat" if self._registered else "register")
-        if reply[0] == b"gone":
+        gone = reply[0] == b"gone"
+        if gone:
             if self._registered:
                 old, self.incarnation = self.incarnation, self._new_incarnation()
                 log.warn(
@@ -634,6 +645,9 @@ class RedisBus(service.Service):
         if generation != self._generation:
             return
         self._registered = True
+        # Gone: Redis lost its data (or declared us dead); the other nodes may
+        # not have asserted their users again yet.
+        lost = gone
         self._claim(cmd, reply)
 
         # Re-assert every share; remove the ones dropped meanwhile.
@@ -677,7 +691,7 @@ class RedisBus(service.Service):
             return
         first = not self._joined
         self._joined = True
-        self._finish_recovery(uids, read)
+        self._finish_recovery(uids, read, lost)
         log.info(
             "{what}: {held} users asserted, {stale} removed, {n} followed "
             "users read back",
@@ -687,8 +701,17 @@ class RedisBus(service.Service):
         )
 
     def _finish_recovery(
-        self, uids: list[int], read: list[UserState | None]
+        self, uids: list[int], read: list[UserState | None], lost: bool
     ) -> None:
+        """Tell the listener what Redis holds now (C{resync}).
+
+        When Redis lost its data, users this node knew present and finds
+        absent may just not be asserted again yet by their nodes: they stay
+        as they were for a TTL (an event from their node ends the wait),
+        then whatever Redis holds is told.  So a restart of Redis does not
+        flap users that never left.
+        """
+        before = self._states
         best: dict[int, UserState] = {}
         for uid, state in zip(uids, read, strict=True):
             if state is not None and uid in self._followed:
@@ -706,10 +729,16 @@ class RedisBus(service.Service):
         self._recovering = False
         self._states = {}
         self._versions = {}
+        waiting: list[int] = []
         for uid in uids:
             if uid not in self._followed:
                 continue
             state = best.get(uid)
+            if lost and uid in before and (state is None or not state.present):
+                self._states[uid] = before[uid]
+                self._versions[uid] = -1
+                waiting.append(uid)
+                continue
             if state is None:
                 self._versions[uid] = -1
                 continue
@@ -726,6 +755,36 @@ class RedisBus(service.Service):
         for d in waiters:
             d.callback(None)
         for state in later:
+            self._offer(state, True)
+        if waiting:
+            self._unconfirmed.update(waiting)
+            call = self._reactor.callLater(
+                self.ttl, self._confirm, self._generation, waiting
+            )
+            self._calls = [c for c in self._calls if c.active()] + [call]
+
+    def _confirm(self, generation: int, uids: list[int]) -> None:
+        """Read again the users kept as they were after Redis lost its data,
+        unless an event told their state meanwhile."""
+        uids = [u for u in uids if u in self._unconfirmed and u in self._followed]
+        self._unconfirmed.difference_update(uids)
+        cmd = self._cmd
+        if not uids or generation != self._generation or cmd is None:
+            return
+        d = defer.ensureDeferred(self._read(cmd, uids))
+        d.addCallback(self._confirmed, uids, generation)
+        self._send(d)
+
+    def _confirmed(
+        self, states: list[UserState | None], uids: list[int], generation: int
+    ) -> None:
+        if generation != self._generation:
+            return
+        for uid, state in zip(uids, states, strict=True):
+            if uid not in self._followed or self._versions.get(uid, -1) >= 0:
+                continue  # told by an event meanwhile
+            if state is None:
+                state = absent(uid, 0, self._reactor.seconds())
             self._offer(state, True)
 
     # -- liveness --------------------------------------------------------------
