@@ -18,7 +18,8 @@ reports:
 
 The clients: txredisapi (pure-Python parser, then with hiredis) on Twisted's
 default reactor (epoll), and redis-py's asyncio client (hiredis when
-installed) on Twisted's asyncio reactor.  Loopback only, bounded in time.
+installed) on Twisted's asyncio reactor (``pip install redis`` first: the
+project itself does not depend on redis-py).  Loopback only, bounded in time.
 """
 
 from __future__ import annotations
