@@ -63,3 +63,6 @@ from browsers import (  # noqa: E402, F401
     page_fixture,
     static_site_fixture,
 )
+
+# Cluster mode: redis-server and a cuttable proxy (tests/redisfixtures.py).
+from redisfixtures import redis_proxy, redis_server  # noqa: E402, F401

@@ -10,11 +10,15 @@ from typing import Any
 
 from twisted.application.service import IService
 from twisted.internet import endpoints
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
+from presence.cluster.bus import RedisBus
+from presence.cluster.options import ClusterOptions, build_bus
+from presence.cluster.options import check as check_cluster
 from presence.server.admin import admin_site, read_token
 from presence.server.config import MIB, Config
 from presence.server.context import Server
@@ -75,7 +79,7 @@ def number(name: str, value: object) -> int | float:
     return parsed
 
 
-class Options(usage.Options):
+class Options(ClusterOptions, usage.Options):
     synopsis = "[options]"
     longdesc = "Run a presence server: clients log in with one JSON line and are "\
         "told at once when a friend comes online, goes offline or changes status."
@@ -156,6 +160,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         for name in NUMBERS:
             self[name] = number(name, self[name])
+        check_cluster(self)
         if self["visibility"] not in ("open", "mutual"):
             raise usage.UsageError("--visibility must be open or mutual")
         if self["log-format"] not in LOG_FORMATS:
@@ -291,8 +296,15 @@ def makeService(options: Options) -> IService:
     SignalService(reactor, {signal.SIGHUP: reload.hup, signal.SIGUSR1: reload.usr1}
                   ).setServiceParent(service)
 
+    # Cluster mode: the Redis bus starts before the front ends listen.
+    bus = build_bus(options, reactor)
+    if bus is not None:
+        bus.setServiceParent(service)
+
     # Front ends: one line each, all on one Server.
-    server = Server(reactor, config, verifier)
+    server = Server(reactor, config, verifier, bus)
+    if bus is not None:
+        bus.on_disconnect = server.disconnect
     service.add_front_end(
         options["endpoint"], LineFactory(server), _scheme(options["port"]),
         options["port"],
@@ -308,21 +320,41 @@ def makeService(options: Options) -> IService:
     if options["admin"] is not None:
         service.add_front_end(
             options["admin-endpoint"],
-            admin_site(
-                metrics=server.metrics,
-                sessions=lambda: server.registry.sessions,
-                users_online=lambda: server.registry.users,
-                lookup=lambda uids: [server.registry.bus.known(u) for u in uids],
-                disconnect=server.disconnect,
-                ready=lambda: not server.stopping,
-                token=options["admin-token"],
-                clock=reactor,
-            ),
+            _admin(server, bus, options["admin-token"], reactor),
             _scheme(options["admin"]),
             options["admin"],
             name="admin",
         )
     return service
+
+
+def _admin(
+    server: Server, bus: RedisBus | None, token: bytes | None, reactor: Any
+) -> Site:
+    """The admin API on this server; in cluster mode it asks Redis, so that
+    /v1/* answers for the whole cluster and /readyz reflects Redis."""
+    if bus is None:
+        return admin_site(
+            metrics=server.metrics,
+            sessions=lambda: server.registry.sessions,
+            users_online=lambda: server.registry.users,
+            lookup=lambda uids: [server.registry.bus.known(u) for u in uids],
+            disconnect=server.disconnect,
+            ready=lambda: not server.stopping,
+            token=token,
+            clock=reactor,
+        )
+    return admin_site(
+        metrics=server.metrics,
+        sessions=lambda: server.registry.sessions,
+        users_online=lambda: server.registry.users,
+        lookup=lambda uids: Deferred.fromCoroutine(bus.read(uids)),
+        disconnect=lambda uid: Deferred.fromCoroutine(bus.disconnect(uid)),
+        ready=lambda: bus.up and not server.stopping,
+        token=token,
+        clock=reactor,
+        redis_up=lambda: bus.up,
+    )
 
 
 def _scheme(description: str) -> str:

@@ -1,0 +1,85 @@
+"""How shares and states are written in Redis (see L{presence.cluster.scripts})."""
+
+from __future__ import annotations
+
+from presence.core.interfaces import Share, UserState
+
+_EMPTY: frozenset[int] = frozenset()
+
+
+def format_at(at: float) -> str:
+    """A time as the scripts store it (Unix seconds, microseconds)."""
+    return f"{at:.6f}"
+
+
+def encode_listed(listed: frozenset[int]) -> str:
+    """Ids as the scripts compare them: decimal strings, sorted as strings."""
+    return ",".join(sorted(map(str, listed)))
+
+
+def decode_listed(text: bytes | str) -> frozenset[int]:
+    if not text:
+        return _EMPTY
+    if isinstance(text, str):
+        text = text.encode()
+    return frozenset(map(int, text.split(b",")))
+
+
+def encode_share(
+    share: Share,
+    since: float = 0.0,
+    write: tuple[str, bool, str, float] | None = None,
+) -> str:
+    """``SESSIONS|ENDED_AT|SINCE|LISTED|SA|STATUS|HAS_TEXT|TEXT``: the share,
+    since when this node holds one, and the status its sessions last wrote
+    (when, status or "", whether a text, the text)."""
+    status, has_text, text, sa = write or ("", False, "", 0.0)
+    return (
+        f"{share.sessions}|{format_at(share.ended_at)}|{format_at(since)}|"
+        f"{encode_listed(share.listed)}|{format_at(sa)}|{status}|"
+        f"{'1' if has_text else '0'}|{text}"
+    )
+
+
+def absent(uid: int, version: int, last_seen: float = 0.0) -> UserState:
+    return UserState(uid, False, "offline", "", _EMPTY, 0, last_seen, version)
+
+
+def decode_event(payload: bytes) -> UserState:
+    """A state published on a user's channel."""
+    uid, version, present, status, sessions, last_seen, listed, text = payload.split(
+        b"|", 7
+    )
+    return UserState(
+        int(uid),
+        present == b"1",
+        status.decode(),
+        text.decode(),
+        decode_listed(listed),
+        int(sessions),
+        float(last_seen),
+        int(version),
+    )
+
+
+def decode_stored(uid: int, fields: list[bytes | None]) -> UserState | None:
+    """The state read back with HMGET of L{presence.cluster.scripts.STATE_FIELDS}.
+
+    None when nothing is stored (never seen, or absent for long); an absent
+    state (with its version) for a tombstone.
+    """
+    present, status, text, listed, sessions, last_seen, version = fields
+    if version is None:
+        return None
+    if present != b"1":
+        return absent(uid, int(version), float(last_seen or 0))
+    return UserState(
+        uid,
+        True,
+        (status or b"online").decode(),
+        (text or b"").decode(),
+        decode_listed(listed or b""),
+        int(sessions or 0),
+        float(last_seen or 0),
+        int(version),
+    )

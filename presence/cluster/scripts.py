@@ -1,0 +1,298 @@
+"""The Lua scripts of cluster mode, and the keys they use.
+
+Per user (hash-tagged, so that one user's keys share a Redis Cluster slot and
+each script touches one slot only):
+
+  - ``{u:ID}:s``  hash: node incarnation -> its share,
+    ``"SESSIONS|ENDED_AT|SINCE|LISTED|SA|STATUS|HAS_TEXT|TEXT"`` (LISTED: the
+    ids as decimal strings, sorted as strings, joined by ","; SINCE: when the
+    node's share began; SA, STATUS, HAS_TEXT, TEXT: the status its sessions
+    last wrote, used only to settle a gap found after an outage).
+  - ``{u:ID}:v``  hash: the user's global state while present: ``p`` "1",
+    ``s`` status, ``t`` text, ``l`` listed (same form), ``n`` live sessions,
+    ``ls`` last_seen, ``v`` version, ``sa`` when the status was last written
+    (a node's clock).  While absent, a tombstone ``p`` "0", ``v``, ``ls``
+    that expires after TOMBSTONE_TTL seconds.
+  - channel ``{u:ID}``: one event per new version,
+    ``"ID|VERSION|PRESENT|STATUS|SESSIONS|LAST_SEEN|LISTED|TEXT"``.
+
+Per cluster (one slot):
+
+  - ``{cluster}:nodes`` zset: live node incarnation -> Redis time (seconds) of
+    its last refresh.
+  - ``{cluster}:dead`` hash: declared dead incarnation -> ``"LAST_ALIVE|LEASE"``;
+    a survivor holds the lease (Redis time) while it removes the shares.
+  - ``{cluster}:names`` hash: node id -> its current incarnation.
+  - channel ``{cluster}:control``: ``"disconnect|ID"``, every node ends the
+    user's sessions.
+
+Per node incarnation (its own slot): ``{n:INCARNATION}:users``, the set of
+user ids it may hold a share of (a superset: added before the share, removed
+after it).  A survivor reads it to clean up after a dead node, one script per
+user.
+
+Versions grow by one while a user is present, and start again from at least
+Redis's time in microseconds after an absence: they grow across a user's
+absences (the tombstone covers a clock that steps back by less than its TTL)
+and stay exact in Lua's doubles (below 2**53) until the year 2255.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+TOMBSTONE_TTL = 3600
+STATE_FIELDS = ("p", "s", "t", "l", "n", "ls", "v")
+NODES = "{cluster}:nodes"
+DEAD = "{cluster}:dead"
+NAMES = "{cluster}:names"
+CONTROL = "{cluster}:control"  # channel: "disconnect|ID" (the admin API)
+
+
+def shares_key(uid: int) -> str:
+    return f"{{u:{uid}}}:s"
+
+
+def state_key(uid: int) -> str:
+    return f"{{u:{uid}}}:v"
+
+
+def channel(uid: int) -> str:
+    return f"{{u:{uid}}}"
+
+
+def users_key(incarnation: str) -> str:
+    return f"{{n:{incarnation}}}:users"
+
+
+class Script:
+    """A Lua script and its SHA1 (what EVALSHA names it by)."""
+
+    def __init__(self, name: str, source: str) -> None:
+        self.name = name
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+
+# ARGV: uid, incarnation, mode (set | assert | del | undo | reap), share, status ("" =
+# unchanged), has_text ("1"/"0"), text, at, status_at, tombstone ttl.
+#   set:    this node's share is now ARGV[4]; a status write applies.
+#   assert: the same after a reconnect; the remembered status write applies
+#           only if newer (status_at) than the one stored.
+#   del:    this node holds no share any more (a no-op if it held none).
+#   undo:   as del, sent after an outage for a share dropped during it (at
+#           AT): if every remaining share began after AT, the user was absent
+#           in between, so its status was forgotten: it becomes the last one
+#           written by the remaining shares' sessions, or "online".
+#   reap:   as undo, for a dead incarnation last alive at AT: a ghost's user
+#           was last seen when its last session ended, if that is earlier.
+# Mirrors presence.core.bus.MemoryHub._apply and _settle.
+APPLY = Script("apply", r"""
+local sk, vk = KEYS[1], KEYS[2]
+local uid, me, mode = ARGV[1], ARGV[2], ARGV[3]
+local cst, has_text, ctext = ARGV[5], ARGV[6] == '1', ARGV[7]
+local at, cat = ARGV[8], ARGV[9]
+local has_change = cst ~= '' or has_text
+local old = redis.call('HMGET', vk, 'p', 's', 't', 'l', 'n', 'ls', 'v', 'sa')
+local oldp = old[1] == '1'
+local over = tonumber(old[7] or '0')
+local ostatus, otext, olisted, ols, osa = 'offline', '', '', at, '0'
+if oldp then
+  ostatus, otext, olisted, ols = old[2], old[3], old[4], old[6]
+  osa = old[8] or '0'
+end
+local all = redis.call('HGETALL', sk)
+local shares = {}
+for i = 1, #all, 2 do shares[all[i]] = all[i + 1] end
+if mode == 'del' or mode == 'undo' or mode == 'reap' then
+  local held = shares[me]
+  if not held then return 0 end
+  if mode == 'reap' then
+    local ended = string.match(held, '^0|([^|]*)|')
+    if ended and tonumber(ended) > 0 and tonumber(ended) < tonumber(at) then
+      at = ended
+    end
+  end
+  redis.call('HDEL', sk, me)
+  shares[me] = nil
+  has_change = false
+else
+  if not oldp then
+    -- absent until now: the first session's login sets the status
+    ostatus = (cst ~= '' and cst) or 'online'
+    otext = (has_text and ctext) or ''
+    olisted, ols = '', at
+    osa = (has_change and cat) or '0'
+    has_change = false
+  end
+  -- A ghost stands only for a user with no session anywhere: live sessions
+  -- replace other nodes' ghosts, and no ghost is kept beside live sessions.
+  if string.sub(ARGV[4], 1, 2) ~= '0|' then
+    for node, share in pairs(shares) do
+      if node ~= me and string.sub(share, 1, 2) == '0|' then
+        redis.call('HDEL', sk, node)
+        shares[node] = nil
+      end
+    end
+    redis.call('HSET', sk, me, ARGV[4])
+    shares[me] = ARGV[4]
+  else
+    local live = false
+    for node, share in pairs(shares) do
+      if node ~= me and string.sub(share, 1, 2) ~= '0|' then live = true end
+    end
+    if live then
+      if shares[me] then
+        redis.call('HDEL', sk, me)
+        shares[me] = nil
+      end
+    else
+      redis.call('HSET', sk, me, ARGV[4])
+      shares[me] = ARGV[4]
+    end
+  end
+end
+local present = next(shares) ~= nil
+local status, text, sa = ostatus, otext, osa
+if present and has_change and (mode ~= 'assert' or tonumber(cat) > tonumber(osa)) then
+  if cst ~= '' then status = cst end
+  if has_text then text = ctext end
+  sa = cat
+end
+if (mode == 'undo' or mode == 'reap') and present then
+  local first, best, bsa = nil, nil, -1
+  for _, share in pairs(shares) do
+    local since, wsa, wst, wtf, wtx = string.match(share,
+      '^%d+|[^|]*|([^|]*)|[^|]*|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+    since, wsa = tonumber(since), tonumber(wsa)
+    if first == nil or since < first then first = since end
+    if wsa > bsa then bsa, best = wsa, {wst, wtf, wtx} end
+  end
+  if first > tonumber(at) then
+    status = (best[1] ~= '' and best[1]) or 'online'
+    text = (best[2] == '1' and best[3]) or ''
+    sa = string.format('%.6f', bsa)
+  end
+end
+local sessions, lists = 0, {}
+for _, share in pairs(shares) do
+  local n, l = string.match(share, '^(%d+)|[^|]*|[^|]*|([^|]*)|')
+  sessions = sessions + tonumber(n)
+  if l ~= '' then lists[#lists + 1] = l end
+end
+local listed = ''
+if #lists == 1 then
+  listed = lists[1]
+elseif #lists > 1 then
+  local seen, ids = {}, {}
+  for _, l in ipairs(lists) do
+    for id in string.gmatch(l, '[^,]+') do
+      if not seen[id] then seen[id] = true; ids[#ids + 1] = id end
+    end
+  end
+  table.sort(ids)
+  listed = table.concat(ids, ',')
+end
+if not present then status, text, listed = 'offline', '', '' end
+local visible = present and status ~= 'invisible'
+local ovisible = oldp and ostatus ~= 'invisible'
+local last_seen = ols or at
+if ovisible and not visible then last_seen = at end
+if present == oldp and status == ostatus and text == otext and listed == olisted then
+  if present then redis.call('HSET', vk, 'n', sessions, 'sa', sa) end
+  return 0
+end
+local version = over + 1
+if not oldp then
+  -- after an absence (the tombstone may be gone): at least Redis's clock
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  if now > version then version = now end
+end
+local v = string.format('%.0f', version)
+if present then
+  redis.call('HSET', vk, 'p', '1', 's', status, 't', text, 'l', listed,
+    'n', sessions, 'ls', last_seen, 'v', v, 'sa', sa)
+  if not oldp then redis.call('PERSIST', vk) end
+else
+  redis.call('DEL', vk)
+  redis.call('HSET', vk, 'p', '0', 'v', v, 'ls', last_seen)
+  redis.call('EXPIRE', vk, ARGV[10])
+end
+redis.call('PUBLISH', '{u:' .. uid .. '}', uid .. '|' .. v .. '|' ..
+  (present and '1' or '0') .. '|' .. status .. '|' .. sessions .. '|' ..
+  last_seen .. '|' .. listed .. '|' .. text)
+return 1
+""")
+
+# KEYS: nodes, dead, names.  ARGV: incarnation, ttl, mode, node id, judge.
+#   beat:     refresh; {'gone'} if this incarnation is not live any more
+#             (declared dead, or Redis lost its data).
+#   register: join as a live incarnation; a previous incarnation of the same
+#             node id is declared dead at once (the process was restarted).
+#   leave:    declare this incarnation dead now (a clean stop).
+# Then (beat, register): if JUDGE is "1", declare dead every incarnation
+# silent for more than ttl seconds (a node judges only once it has itself been
+# connected for ttl seconds: after a Redis outage the others get that long to
+# come back); and claim the lease of dead incarnations nobody is cleaning up.
+# Returns {'ok', NOW, INCARNATION, LAST_ALIVE, ...} for the claimed ones.
+HEARTBEAT = Script("heartbeat", r"""
+local nodes, dead, names = KEYS[1], KEYS[2], KEYS[3]
+local me, ttl, mode, name = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local fmt = function(x) return string.format('%.6f', x) end
+if mode == 'leave' then
+  if redis.call('ZREM', nodes, me) == 1 then
+    redis.call('HSET', dead, me, fmt(now) .. '|0')
+  end
+  return {'ok', fmt(now)}
+end
+if mode == 'register' then
+  local prev = redis.call('HGET', names, name)
+  if prev and prev ~= me then
+    local score = redis.call('ZSCORE', nodes, prev)
+    if score then
+      redis.call('ZREM', nodes, prev)
+      redis.call('HSET', dead, prev, score .. '|0')
+    end
+  end
+  redis.call('HSET', names, name, me)
+elseif not redis.call('ZSCORE', nodes, me) then
+  return {'gone', fmt(now)}
+end
+redis.call('ZADD', nodes, fmt(now), me)
+if ARGV[5] == '1' then
+  local expired = redis.call('ZRANGEBYSCORE', nodes, '-inf',
+    '(' .. fmt(now - ttl), 'WITHSCORES')
+  for i = 1, #expired, 2 do
+    redis.call('ZREM', nodes, expired[i])
+    redis.call('HSET', dead, expired[i], expired[i + 1] .. '|0')
+  end
+end
+local result = {'ok', fmt(now)}
+local d = redis.call('HGETALL', dead)
+for i = 1, #d, 2 do
+  local last, lease = string.match(d[i + 1], '^([^|]*)|(.*)$')
+  if tonumber(lease) < now then
+    redis.call('HSET', dead, d[i], last .. '|' .. fmt(now + ttl))
+    result[#result + 1] = d[i]
+    result[#result + 1] = last
+  end
+end
+return result
+""")
+
+# KEYS: dead, names, the dead incarnation's users set.  ARGV: incarnation.
+# The cleanup is over: forget the incarnation (if its set is empty by now).
+REAPED = Script("reaped", r"""
+if redis.call('SCARD', KEYS[3]) > 0 then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local name = string.match(ARGV[1], '^(.*)/[^/]*$')
+if name and redis.call('HGET', KEYS[2], name) == ARGV[1] then
+  redis.call('HDEL', KEYS[2], name)
+end
+return 1
+""")
+
+SCRIPTS = (APPLY, HEARTBEAT, REAPED)

@@ -1,0 +1,605 @@
+"""RedisBus against a real redis-server (started per test on a free port).
+
+Skipped where redis-server is missing (Debian package redis-server), except
+in CI (CI=true), where that is a failure.  These tests run on the real
+reactor: Redis is another process.  They wait on barriers (L{RedisBus.sync}:
+every command answered, every event received), not on time, except where
+time is what is checked (a dead node's users offline within the TTL + 2 s).
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
+
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+from zope.interface import implementer
+
+from presence.cluster import scripts
+from presence.cluster.bus import CHUNK, RedisBus
+from presence.cluster.connection import RedisAddress
+from presence.cluster.redisserver import (
+    RedisMissing,
+    RedisServer,
+    missing_message,
+    required,
+)
+from presence.core.bus import MemoryHub
+from presence.core.interfaces import IStateListener, Share, UserState
+from presence.wire import StatusChange
+
+T = TypeVar("T")
+
+
+def async_test(
+    f: Callable[[Any], Coroutine[Any, Any, None]],
+) -> Callable[[Any], defer.Deferred[None]]:
+    def run(self: Any) -> defer.Deferred[None]:
+        return defer.ensureDeferred(f(self))
+
+    run.__name__ = f.__name__
+    run.__doc__ = f.__doc__
+    return run
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait (polling) for a condition that no listener call signals."""
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError("condition not met in time")
+        await task.deferLater(reactor, 0.02, lambda: None)
+
+
+def seen(state: UserState) -> tuple[Any, ...]:
+    """What a watcher can tell from a state (everything but the version)."""
+    return (
+        state.uid, state.present, state.status, state.text, state.listed,
+        state.sessions, state.last_seen,
+    )
+
+
+@implementer(IStateListener)
+class Listener:
+    """Records what a bus tells; fires waiters when a condition holds."""
+
+    def __init__(self) -> None:
+        self.states: list[UserState] = []
+        self.resyncs: list[list[UserState]] = []
+        self.view: dict[int, UserState] = {}
+        self._waiters: list[tuple[Callable[[], bool], defer.Deferred[None]]] = []
+
+    def user_changed(self, state: UserState) -> None:
+        self.states.append(state)
+        if state.present:
+            self.view[state.uid] = state
+        else:
+            self.view.pop(state.uid, None)
+        self._check()
+
+    def resync(self, states: Sequence[UserState]) -> None:
+        self.resyncs.append(list(states))
+        self.view = {s.uid: s for s in states}
+        self._check()
+
+    def until(
+        self, condition: Callable[[], bool], timeout: float
+    ) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        if condition():
+            d.callback(None)
+            return d
+        self._waiters.append((condition, d))
+        d.addTimeout(timeout, reactor)
+        return d
+
+    def _check(self) -> None:
+        for item in list(self._waiters):
+            condition, d = item
+            if not d.called and condition():
+                self._waiters.remove(item)
+                d.callback(None)
+
+
+class RedisCase(unittest.TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        try:
+            self.redis = RedisServer().start()
+        except RedisMissing:
+            if required():
+                raise
+            raise unittest.SkipTest(missing_message()) from None
+        self.addCleanup(self.redis.close)
+
+    async def node(self, name: str, ttl: float = 10.0) -> tuple[RedisBus, Listener]:
+        bus = RedisBus(RedisAddress.parse(self.redis.url), name, ttl)
+        listener = Listener()
+        bus.attach(listener)
+        bus.startService()
+        self.addCleanup(lambda: bus.stopService() if bus.running else None)
+        await bus.when_up()
+        return bus, listener
+
+    async def sync(self, *buses: RedisBus) -> None:
+        for bus in buses:
+            await bus.flush()
+        for bus in buses:
+            await bus.sync()
+
+
+class SameAsMemoryHub(RedisCase):
+    """Two Redis nodes compute what MemoryHub computes for the same calls."""
+
+    async def run_ops(self, seed: int, steps: int) -> None:
+        rng = random.Random(seed)
+        uids = list(range(1, 7))
+        a, la = await self.node(f"a{seed}")
+        b, lb = await self.node(f"b{seed}")
+        hub = MemoryHub()
+        ma, mb = hub.bus(a.node), hub.bus(b.node)
+        ra, rb = Listener(), Listener()
+        ma.attach(ra)
+        mb.attach(rb)
+        pairs = [(a, ma), (b, mb)]
+        followed: list[set[int]] = [set(), set()]
+        held: list[dict[int, Share]] = [{}, {}]
+        at = 1000.0
+        for i, (bus, mem) in enumerate(pairs):
+            bus.follow(uids)
+            mem.follow(uids)
+            followed[i] = set(uids)
+        await self.sync(a, b)
+        for _step in range(steps):
+            at += 0.5
+            i = rng.randrange(2)
+            bus, mem = pairs[i]
+            uid = rng.choice(uids)
+            roll = rng.random()
+            if roll < 0.08:
+                # follow / unfollow a user (snapshots on follow)
+                # MemoryHub tells synchronously: let every event in flight
+                # arrive before this node stops (or starts) listening.
+                await self.sync(a, b)
+                if uid in followed[i]:
+                    bus.unfollow([uid])
+                    mem.unfollow([uid])
+                    followed[i].discard(uid)
+                else:
+                    bus.follow([uid])
+                    mem.follow([uid])
+                    followed[i].add(uid)
+                await self.sync(a, b)
+                continue
+            share: Share | None
+            change: StatusChange | None = None
+            if roll < 0.35 and uid in held[i]:
+                share = None
+            elif roll < 0.55 and uid in held[i]:
+                share = held[i][uid]
+                change = StatusChange(
+                    rng.choice(["online", "away", "busy", "invisible", None]),
+                    rng.choice([None, "", "lunch", "a|b,c"]),
+                )
+            else:
+                sessions = rng.choice([0, 1, 1, 2, 3])
+                listed = frozenset(rng.sample([1, 2, 3, 10, 22, 100], rng.randrange(3)))
+                share = Share(sessions, listed, at - 0.25 if sessions == 0 else 0.0)
+                if rng.random() < 0.4:
+                    change = StatusChange(
+                        rng.choice(["online", "away", "invisible", None]),
+                        rng.choice([None, "hi"]),
+                    )
+            if share is None:
+                held[i].pop(uid, None)
+            else:
+                held[i][uid] = share
+            bus.publish(uid, share, change, at)
+            mem.publish(uid, share, change, at)
+            await bus.flush()  # Redis runs the calls in the order made here
+        await self.sync(a, b)
+        for name, got, want in (("a", la, ra), ("b", lb, rb)):
+            self.assertEqual(
+                [seen(s) for s in got.states],
+                [seen(s) for s in want.states],
+                f"node {name}, seed {seed}",
+            )
+            versions: dict[int, int] = {}
+            for state in got.states:
+                # never backwards (equal only for a snapshot after a re-follow)
+                self.assertGreaterEqual(state.version, versions.get(state.uid, -1))
+                versions[state.uid] = state.version
+            self.assertEqual(got.resyncs, [[]])
+        self.assertGreater(len(la.states), steps // 10)
+        await a.stopService()
+        await b.stopService()
+
+    @async_test
+    async def test_random_calls(self) -> None:
+        """Random shares, ghosts, status writes, mutual lists, follows and
+        unfollows from two nodes: each node's listener is told the same
+        sequence of states as MemoryHub's, with growing versions."""
+        for seed in range(5):
+            await self.run_ops(seed, 250)
+            self.redis.command("FLUSHALL")
+
+    @async_test
+    async def test_versions_grow_across_absence(self) -> None:
+        """A user who goes absent and comes back gets a higher version, and
+        the absent state is told to a follower with its last_seen."""
+        a, _ = await self.node("a")
+        b, lb = await self.node("b")
+        b.follow([5])
+        await self.sync(a, b)
+        a.publish(5, Share(1), None, 10.0)
+        a.publish(5, None, None, 11.0)
+        a.publish(5, Share(1), StatusChange("away", None), 12.0)
+        await self.sync(a, b)
+        self.assertEqual(
+            [(s.present, s.status, s.last_seen) for s in lb.states],
+            [(True, "online", 10.0), (False, "offline", 11.0), (True, "away", 12.0)],
+        )
+        v = [s.version for s in lb.states]
+        self.assertEqual(v, sorted(set(v)))
+        self.assertEqual(b.known(5), lb.states[-1])
+
+
+class Subscriptions(RedisCase):
+    @async_test
+    async def test_follow_reads_the_snapshot(self) -> None:
+        """Following a present user tells its state once (read after the
+        subscription); following an absent one tells nothing; following
+        again after an unfollow tells it again."""
+        a, _ = await self.node("a")
+        b, lb = await self.node("b")
+        a.publish(1, Share(2, frozenset({9})), StatusChange("busy", "x"), 5.0)
+        await a.flush()
+        b.follow([1, 2])
+        await self.sync(a, b)
+        self.assertEqual(
+            [seen(s) for s in lb.states],
+            [(1, True, "busy", "x", frozenset({9}), 2, 5.0)],
+        )
+        b.unfollow([1])
+        a.publish(1, Share(2, frozenset({9})), StatusChange("away", None), 6.0)
+        await self.sync(a, b)
+        self.assertEqual(len(lb.states), 1)  # not followed: nothing told
+        self.assertIsNone(b.known(1))
+        b.follow([1])
+        await self.sync(a, b)
+        self.assertEqual([s.status for s in lb.states], ["busy", "away"])
+
+    @async_test
+    async def test_batched(self) -> None:
+        """Following 12,000 users takes ceil(12000 / CHUNK) SUBSCRIBE
+        commands and one pipelined read; unfollowing them as few
+        UNSUBSCRIBEs; one node publishing them all runs one script each."""
+        a, _ = await self.node("a")
+        b, lb = await self.node("b")
+        n = 12_000
+        for uid in range(1, 101):
+            a.publish(uid, Share(1), None, 1.0)
+        await a.flush()
+        self.redis.command("CONFIG", "RESETSTAT")
+        b.follow(range(1, n + 1))
+        await self.sync(a, b)
+        stats = self.redis.info("commandstats")
+        chunks = -(-n // CHUNK)
+        self.assertIn(f"calls={chunks},", stats["cmdstat_subscribe"])
+        self.assertIn(f"calls={n},", stats["cmdstat_hmget"])
+        self.assertEqual(len(lb.states), 100)
+        self.assertEqual(b.stats["reads"], chunks + 1)
+        b.unfollow(range(1, n + 1))
+        await self.sync(a, b)
+        stats = self.redis.info("commandstats")
+        self.assertIn(f"calls={chunks},", stats["cmdstat_unsubscribe"])
+        self.assertEqual(self.redis.command("PUBSUB", "NUMSUB", "{u:1}"), [b"{u:1}", 0])
+
+
+class Control(RedisCase):
+    @async_test
+    async def test_disconnect_reaches_every_node(self) -> None:
+        """disconnect(uid) asked of one node calls on_disconnect(uid) on every
+        node, itself included, and answers the sessions Redis counted."""
+        a, _ = await self.node("a")
+        b, _ = await self.node("b")
+        called: list[tuple[str, int]] = []
+        a.on_disconnect = lambda uid: called.append(("a", uid))
+        b.on_disconnect = lambda uid: called.append(("b", uid))
+        a.publish(4, Share(2), None, 1.0)
+        b.publish(4, Share(1), None, 1.0)
+        await self.sync(a, b)
+        self.assertEqual(await b.disconnect(4), 3)
+        await self.sync(a, b)
+        self.assertEqual(sorted(called), [("a", 4), ("b", 4)])
+        self.assertEqual(await a.disconnect(5), 0)
+
+
+class NodeFailure(RedisCase):
+    @async_test
+    async def test_dead_node_users_go_offline(self) -> None:
+        """A node that stops refreshing (killed) has its shares removed by a
+        survivor within ttl + 2 s: its users go offline, last seen when it
+        was last alive; a user with a session elsewhere stays online."""
+        ttl = 1.0
+        a, _ = await self.node("a", ttl)
+        b, lb = await self.node("b", ttl)
+        a.publish(1, Share(1), None, 1.0)
+        a.publish(2, Share(1), None, 1.0)
+        b.publish(2, Share(1), None, 1.0)
+        b.follow([1, 2])
+        await self.sync(a, b)
+        self.assertEqual(set(lb.view), {1, 2})
+        # Kill a: no leave, no more refreshes.
+        a._beat.stop()
+        for svc in a._services:
+            svc.stopService()
+        killed = reactor.seconds()
+        await lb.until(lambda: 1 not in lb.view, ttl + 2)
+        self.assertLessEqual(reactor.seconds() - killed, ttl + 2)
+        offline = lb.states[-1]
+        self.assertEqual((offline.uid, offline.present), (1, False))
+        self.assertLessEqual(offline.last_seen, killed + 0.01)
+        self.assertGreater(offline.last_seen, killed - a.interval - 0.5)
+        self.assertIn(2, lb.view)
+        await self.sync(b)
+        self.assertEqual([s.uid for s in lb.states if not s.present], [1])
+        self.assertEqual(self.redis.command("HGETALL", scripts.DEAD), [])
+        a.running = False
+
+    @async_test
+    async def test_dead_ghost_last_seen(self) -> None:
+        """A dead node's ghost (grace running) goes offline last seen when its
+        last session ended, not when the node was last alive."""
+        ttl = 1.0
+        a, _ = await self.node("a", ttl)
+        b, lb = await self.node("b", ttl)
+        a.publish(1, Share(1), None, 1.0)
+        a.publish(1, Share(0, ended_at=2.5), None, 2.5)
+        b.follow([1])
+        await self.sync(a, b)
+        a._beat.stop()
+        for svc in a._services:
+            svc.stopService()
+        await lb.until(lambda: 1 not in lb.view, ttl + 2)
+        self.assertEqual(lb.states[-1].last_seen, 2.5)
+        a.running = False
+
+    @async_test
+    async def test_back_elsewhere_before_death_noticed(self) -> None:
+        """A user away on a node that dies, who logs in on another node (no
+        status) before the death is noticed: watchers never see it offline,
+        and once the dead node is cleaned up its status is "online" (its
+        last session ended at the death: the status was forgotten)."""
+        ttl = 1.0
+        a, _ = await self.node("a", ttl)
+        b, lb = await self.node("b", ttl)
+        a.publish(9, Share(1), StatusChange("away", None), 1.0)
+        b.follow([9])
+        await self.sync(a, b)
+        a._beat.stop()
+        for svc in a._services:
+            svc.stopService()
+        a.running = False
+        await task.deferLater(reactor, 0.1, lambda: None)
+        b.publish(9, Share(1), None, reactor.seconds())
+        await lb.until(lambda: lb.view[9].status == "online", ttl + 2)
+        self.assertEqual([(s.present, s.status) for s in lb.states],
+                         [(True, "away"), (True, "online")])
+
+    @async_test
+    async def test_node_declared_dead_comes_back(self) -> None:
+        """A node silent for longer than the TTL (connection still up) is
+        declared dead; when it refreshes again it joins under a new
+        incarnation and asserts its users again."""
+        ttl = 1.0
+        a, _ = await self.node("a", ttl)
+        b, lb = await self.node("b", ttl)
+        a.publish(1, Share(1), StatusChange("away", "back soon"), 1.0)
+        b.follow([1])
+        await self.sync(a, b)
+        first = a.incarnation
+        a._beat.stop()
+        await lb.until(lambda: 1 not in lb.view, ttl + 2)
+        a._beat.start(a.interval)
+        await lb.until(lambda: 1 in lb.view, 5)
+        self.assertNotEqual(a.incarnation, first)
+        self.assertEqual(
+            [(s.present, s.status, s.text) for s in lb.states],
+            [(True, "away", "back soon"), (False, "offline", ""),
+             (True, "away", "back soon")],
+        )
+
+    @async_test
+    async def test_restart_with_same_node_id(self) -> None:
+        """A node started again with the same node id ends its previous
+        incarnation at once (no TTL wait): users it does not hold again go
+        offline."""
+        a, _ = await self.node("same", ttl=30)
+        b, lb = await self.node("b", ttl=30)
+        a.publish(1, Share(1), None, 1.0)
+        b.follow([1])
+        await self.sync(a, b)
+        a._beat.stop()
+        for svc in a._services:
+            svc.stopService()
+        a.running = False
+        await self.node("same", ttl=30)
+        await lb.until(lambda: 1 not in lb.view, 5)
+
+
+class RedisOutage(RedisCase):
+    @async_test
+    async def test_restart_empty_resyncs(self) -> None:
+        """Redis killed and started again empty: both nodes keep serving,
+        then re-assert their shares (with the status written meanwhile) and
+        within a TTL the follower's view is exactly the truth."""
+        ttl = 2.0
+        a, la = await self.node("a", ttl)
+        b, lb = await self.node("b", ttl)
+        a.publish(1, Share(1), StatusChange("away", None), 1.0)
+        a.publish(2, Share(1), None, 1.0)
+        b.publish(3, Share(1, frozenset({7})), None, 1.0)
+        b.follow([1, 2, 3, 4])
+        a.follow([3])
+        await self.sync(a, b)
+        self.redis.stop(signal.SIGKILL)
+        await until(lambda: not a.up and not b.up)
+        # Meanwhile: 1 changes status, 2 leaves, 4 arrives.
+        a.publish(1, Share(1), StatusChange("busy", "meeting"), 2.0)
+        a.publish(2, None, None, 2.0)
+        a.publish(4, Share(2), None, 2.0)
+        self.redis.start()
+        await a.when_up()
+        await b.when_up()
+        await self.sync(a, b)
+        await lb.until(lambda: 2 not in lb.view, ttl + 1)
+        truth = {
+            1: (1, True, "busy", "meeting", frozenset(), 1),
+            3: (3, True, "online", "", frozenset({7}), 1),
+            4: (4, True, "online", "", frozenset(), 2),
+        }
+        self.assertEqual({u: seen(s)[:6] for u, s in lb.view.items()}, truth)
+        self.assertEqual(
+            {u: seen(s)[:6] for u, s in la.view.items()}, {3: truth[3]}
+        )
+        self.assertEqual(len(lb.resyncs), 2)
+        # And it works afterwards.
+        a.publish(4, None, None, 3.0)
+        await self.sync(a, b)
+        self.assertNotIn(4, lb.view)
+
+    @async_test
+    async def test_restart_empty_no_flap(self) -> None:
+        """Redis restarted empty and node a back before node b: a's watchers
+        are not told that b's users left (b has a TTL to assert them again);
+        a user b dropped meanwhile is told offline once that TTL is over."""
+        ttl = 2.0
+        a, la = await self.node("a", ttl)
+        b, _ = await self.node("b", ttl)
+        b.publish(2, Share(1), None, 1.0)
+        b.publish(3, Share(1), None, 1.0)
+        a.follow([2, 3])
+        await self.sync(a, b)
+        for svc in b._services:
+            svc.stopService()
+        self.redis.restart()
+        await until(lambda: a.up and not b.up)
+        await a.sync()
+        self.assertEqual(set(la.view), {2, 3})
+        b.publish(3, None, None, 5.0)
+        for svc in b._services:
+            svc.startService()
+        await until(lambda: b.up)
+        await self.sync(a, b)
+        self.assertEqual(set(la.view), {2, 3})  # 3: not before the TTL
+        await la.until(lambda: 3 not in la.view, ttl + 1)
+        # (2 asserted again is told again, unchanged: the registry tells its
+        # watchers nothing for that.)
+        self.assertEqual([s.uid for s in la.states if not s.present], [3])
+        self.assertEqual(set(la.view), {2})
+
+    @async_test
+    async def test_outage_keeps_state(self) -> None:
+        """Redis restarted with its data (a blip): nothing changes for the
+        watchers (the resync equals what they had) and a share removed
+        during the outage is removed, last seen when it was."""
+        a, _ = await self.node("a")
+        b, lb = await self.node("b")
+        a.publish(1, Share(1), None, 1.0)
+        a.publish(2, Share(1), None, 1.0)
+        b.follow([1, 2])
+        await self.sync(a, b)
+        for conn in (a._cmd, a._sub, b._cmd, b._sub):
+            assert conn is not None
+            conn.transport.abortConnection()
+        await until(lambda: not a.up)
+        a.publish(2, None, None, 7.0)
+        await a.when_up()
+        await b.when_up()
+        await self.sync(a, b)
+        self.assertEqual(set(lb.view), {1})
+        # Told by an event or by the resync, depending on which node
+        # recovered first; stored with the time of the removal.
+        self.assertEqual(
+            self.redis.command("HMGET", scripts.state_key(2), "p", "ls"),
+            [b"0", b"7.000000"],
+        )
+
+    @async_test
+    async def test_outage_longer_than_ttl_no_flap(self) -> None:
+        """Redis frozen (SIGSTOP) for longer than the TTL, with its data, and
+        one node back half a TTL after the other: the first does not declare
+        the second dead before it had a TTL to reconnect, so no user flaps."""
+        ttl = 1.0
+        a, la = await self.node("a", ttl)
+        b, lb = await self.node("b", ttl)
+        a.publish(1, Share(1), None, 1.0)
+        b.publish(2, Share(1), None, 1.0)
+        b.follow([1])
+        a.follow([2])
+        await self.sync(a, b)
+        # Both nodes judge others by now (up for more than a TTL).
+        await task.deferLater(reactor, ttl + 0.2, lambda: None)
+        assert self.redis.proc is not None
+        self.redis.proc.send_signal(signal.SIGSTOP)
+        for svc in b._services:
+            svc.stopService()
+        await task.deferLater(reactor, 3 * ttl, lambda: None)
+        self.redis.proc.send_signal(signal.SIGCONT)
+        await until(lambda: a.up)
+        await task.deferLater(reactor, ttl / 2, lambda: None)
+        for svc in b._services:
+            svc.startService()
+        await until(lambda: a.up and b.up)
+        await task.deferLater(reactor, 2 * ttl, lambda: None)
+        await self.sync(a, b)
+        self.assertEqual([(s.uid, s.present) for s in lb.states], [(1, True)])
+        self.assertEqual([(s.uid, s.present) for s in la.states], [(2, True)])
+        self.assertEqual((set(la.view), set(lb.view)), ({2}, {1}))
+
+    @async_test
+    async def test_absence_during_outage_forgets_status(self) -> None:
+        """A user away on node a whose session ends while a and b are cut off
+        from Redis, and who logs in on b meanwhile (no status): when both are
+        back (b first), the user is online with status "online", not "away":
+        nobody held it in between, so its status was forgotten."""
+        a, _ = await self.node("a")
+        b, _ = await self.node("b")
+        c, lc = await self.node("c")
+        a.publish(9, Share(1), StatusChange("away", "lunch"), 1.0)
+        c.follow([9])
+        await self.sync(a, b, c)
+        for svc in a._services + b._services:
+            svc.stopService()
+        await until(lambda: not a.up and not b.up)
+        a.publish(9, None, None, 2.0)
+        b.publish(9, Share(1), None, 3.0)
+        for svc in b._services:
+            svc.startService()
+        await until(lambda: b.up)
+        await self.sync(b, c)
+        self.assertEqual(lc.view[9].status, "away")  # a's share still there
+        for svc in a._services:
+            svc.startService()
+        await until(lambda: a.up)
+        await self.sync(a, b, c)
+        self.assertEqual((lc.view[9].status, lc.view[9].text), ("online", ""))
+        self.assertEqual(lc.view[9].sessions, 1)
+
+    @async_test
+    async def test_script_flush(self) -> None:
+        """Redis forgetting the scripts (SCRIPT FLUSH): the node reconnects,
+        loads them again, re-asserts, and nothing is lost."""
+        a, _ = await self.node("a")
+        b, lb = await self.node("b")
+        b.follow([1])
+        await self.sync(a, b)
+        self.redis.command("SCRIPT", "FLUSH")
+        a.publish(1, Share(1), None, 1.0)
+        await lb.until(lambda: 1 in lb.view, 10)
+        self.assertEqual(self.redis.command("HGET", scripts.state_key(1), "p"), b"1")

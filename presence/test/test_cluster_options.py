@@ -1,0 +1,146 @@
+"""Cluster options and Redis URLs, and the codec of states (no Redis needed)."""
+
+from __future__ import annotations
+
+from twisted.python import usage
+from twisted.trial import unittest
+
+from presence.cluster import options as cluster
+from presence.cluster.bus import RedisBus
+from presence.cluster.codec import (
+    decode_event,
+    decode_stored,
+    encode_listed,
+    encode_share,
+)
+from presence.cluster.connection import RedisAddress
+from presence.core.interfaces import Share, UserState
+
+
+class Options(cluster.ClusterOptions, usage.Options):
+    optParameters = [["port", "p", "tcp:8081", "where to listen"]]
+
+    def postOptions(self) -> None:
+        cluster.check(self)
+
+
+def parse(*argv: str) -> Options:
+    opts = Options()
+    opts.parseOptions(list(argv))
+    return opts
+
+
+class RedisURLs(unittest.TestCase):
+    def test_full(self) -> None:
+        """User, password (percent-decoded), host, port and database."""
+        a = RedisAddress.parse("redis://me:p%40ss@redis.example:6380/3")
+        self.assertEqual(
+            a, RedisAddress("redis.example", 6380, 3, "p@ss", "me", False)
+        )
+
+    def test_defaults(self) -> None:
+        """Port 6379, database 0, no password, no TLS."""
+        self.assertEqual(RedisAddress.parse("redis://h"), RedisAddress("h"))
+
+    def test_password_only_and_tls(self) -> None:
+        """redis://:password@host and rediss:// (TLS)."""
+        a = RedisAddress.parse("rediss://:secret@10.0.0.5:7000/1")
+        self.assertEqual(
+            (a.host, a.port, a.db, a.password, a.username, a.tls),
+            ("10.0.0.5", 7000, 1, "secret", None, True),
+        )
+
+    def test_ipv6(self) -> None:
+        """An IPv6 literal in brackets."""
+        self.assertEqual(RedisAddress.parse("redis://[::1]:7001").host, "::1")
+
+    def test_str_hides_the_password(self) -> None:
+        """The address as logged has no password."""
+        text = str(RedisAddress.parse("redis://:hunter2@h:1/2"))
+        self.assertEqual(text, "redis://:***@h:1/2")
+
+    def test_bad(self) -> None:
+        """Other schemes, a bad port, a non-numeric database, a query: refused."""
+        for url in (
+            "http://h", "h:6379", "redis://h:port", "redis://h/db0",
+            "redis://h?timeout=1", "redis://h:99999",
+        ):
+            with self.assertRaises(ValueError, msg=url):
+                RedisAddress.parse(url)
+
+
+class ClusterOptionParsing(unittest.TestCase):
+    def test_without_redis(self) -> None:
+        """No --redis: no bus (one process, in memory)."""
+        opts = parse()
+        self.assertIsNone(opts["redis"])
+        self.assertIsNone(cluster.build_bus(opts))
+
+    def test_with_redis(self) -> None:
+        """--redis, --node-id and --node-ttl build a RedisBus with them."""
+        opts = parse("--redis", "redis://127.0.0.1:7/2", "--node-id", "n1",
+                     "--node-ttl", "4.5")
+        bus = cluster.build_bus(opts)
+        assert isinstance(bus, RedisBus)
+        self.assertEqual((bus.node, bus.ttl), ("n1", 4.5))
+        self.assertEqual(bus.address, RedisAddress("127.0.0.1", 7, 2))
+        self.assertEqual(bus.interval, 0.45)
+        default = cluster.build_bus(parse("--redis", "redis://h"))
+        assert default is not None
+        self.assertEqual(default.interval, 0.5)
+
+    def test_default_node_id(self) -> None:
+        """Without --node-id the node is hostname:pid; ttl 10 s."""
+        bus = cluster.build_bus(parse("--redis", "redis://h"))
+        assert bus is not None
+        self.assertRegex(bus.node, r"^.+:\d+$")
+        self.assertEqual(bus.ttl, 10.0)
+
+    def test_errors(self) -> None:
+        """Bad URL, short TTL, node id without --redis or with spaces."""
+        for argv in (
+            ["--redis", "http://h"],
+            ["--redis", "redis://h", "--node-ttl", "0.5"],
+            ["--redis", "redis://h", "--node-ttl", "nan"],
+            ["--node-id", "n1"],
+            ["--redis", "redis://h", "--node-id", "has space"],
+        ):
+            with self.assertRaises(usage.UsageError, msg=argv):
+                parse(*argv)
+
+
+class Codec(unittest.TestCase):
+    def test_listed_sorted_as_strings(self) -> None:
+        """Ids are sorted as the Lua scripts sort them (as strings)."""
+        self.assertEqual(encode_listed(frozenset({2, 10, 100, 9})), "10,100,2,9")
+
+    def test_share(self) -> None:
+        """Sessions, ghost end, since, listed, then the last status write
+        (text last: it may hold the separator)."""
+        self.assertEqual(
+            encode_share(Share(2, frozenset({3, 12}), 0.0)),
+            "2|0.000000|0.000000|12,3|0.000000||0|",
+        )
+        self.assertEqual(
+            encode_share(Share(0, frozenset(), 5.5), 1.0, ("away", True, "a|b", 2.0)),
+            "0|5.500000|1.000000||2.000000|away|1|a|b",
+        )
+
+    def test_event(self) -> None:
+        """An event: text last (it may hold the separator)."""
+        state = decode_event(b"42|17|1|away|2|12.5|3,12|lunch|later")
+        self.assertEqual(
+            state, UserState(42, True, "away", "lunch|later", frozenset({3, 12}),
+                             2, 12.5, 17)
+        )
+
+    def test_stored(self) -> None:
+        """HMGET of a present state, a tombstone, nothing."""
+        self.assertEqual(
+            decode_stored(7, [b"1", b"busy", b"", b"", b"1", b"3.0", b"9"]),
+            UserState(7, True, "busy", "", frozenset(), 1, 3.0, 9),
+        )
+        tomb = decode_stored(7, [b"0", None, None, None, None, b"4.0", b"10"])
+        self.assertEqual(tomb, UserState(7, False, "offline", "", frozenset(), 0,
+                                         4.0, 10))
+        self.assertIsNone(decode_stored(7, [None] * 7))
