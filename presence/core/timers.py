@@ -35,6 +35,8 @@ SPACING = 0.005  # seconds between turns while more are due
 COMPACT_FLOOR = 64  # dead entries tolerated whatever the number of live ones
 
 class TimerOwner(Protocol):
+    """What L{Deadlines} needs of an owner: its deadline slots and callback."""
+
     deadline: float | None
     deadline_seq: int
 
@@ -42,6 +44,8 @@ class TimerOwner(Protocol):
 
 
 class Deadlines:
+    """Every connection's one timer, on one heap and one C{DelayedCall}."""
+
     log = Logger()
 
     def __init__(self, clock: IReactorTime, slack: float = 0.0) -> None:

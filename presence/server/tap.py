@@ -80,6 +80,8 @@ def number(name: str, value: object) -> int | float:
 
 
 class Options(ClusterOptions, usage.Options):
+    """The options of C{twistd presence}, checked as a whole in postOptions."""
+
     synopsis = "[options]"
     longdesc = "Run a presence server: clients log in with one JSON line and are "\
         "told at once when a friend comes online, goes offline or changes status."
