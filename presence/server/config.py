@@ -27,6 +27,9 @@ class Config:
     # Unfinished input (lines not yet ended) the server holds for all
     # connections together; past it, the connection that adds is refused.
     max_unfinished: int = 128 * MIB
+    # Output held for clients that do not read, all together; past it, the
+    # client that is sent more is cut off as a slow consumer (14).
+    max_unsent: int = 256 * MIB
     # Pings and timeouts may fire this much late, so that one wakeup serves
     # many connections (presence.core.timers).
     timer_slack: float = 0.0

@@ -58,6 +58,8 @@ class Server:
         self.work = 0
         # Bytes of unfinished input held for all connections (the framers').
         self.unfinished = 0
+        # Bytes written to clients that are not reading (Twisted holds them).
+        self.unsent = 0
         self._per_ip: dict[str, int] = {}
         self._stopping = False
         self._all_gone: list[defer.Deferred[None]] = []

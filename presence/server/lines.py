@@ -28,9 +28,14 @@ from zope.interface import implementer
 from presence import wire
 from presence.server.context import Server, host_of
 from presence.server.logs import format_peer
-from presence.server.session import IPeer, Session, login_line_too_long
+from presence.server.session import (
+    IPeer,
+    Session,
+    login_line_too_long,
+    unfinished_too_much,
+)
 from presence.server.writer import supported, write_now
-from presence.wire.errors import ErrorCode, ProtocolError
+from presence.wire.errors import ProtocolError
 from presence.wire.framing import LINE, Framer
 
 # How long a login object may wait for its "\n" before the connection is
@@ -137,11 +142,11 @@ class LineProtocol(Protocol):
             session.received(payloads)
             session.framing_error(e)
             return
-        if payloads:
-            session.received(payloads)
-        self._count_unfinished()
+        # The bytes of complete messages move from the framer to the
+        # session's inbox: count them out there before counting them in.
+        self._count_unfinished(payloads)
 
-    def _count_unfinished(self) -> None:
+    def _count_unfinished(self, payloads: list[bytes]) -> None:
         # Bound what unfinished lines cost: a shorter limit before the
         # login, and one budget for every connection together.
         server = self.factory.server
@@ -151,15 +156,14 @@ class LineProtocol(Protocol):
         server.unfinished += grown
         self._counted = pending
         session = self.session
+        if payloads:
+            session.received(payloads)
+        if session.closing:
+            return
         if session.user_id is None and pending > config.max_login_line + 1:
             session.framing_error(login_line_too_long(config.max_login_line))
         elif grown > 0 and server.unfinished > config.max_unfinished:
-            session.framing_error(
-                ProtocolError(
-                    ErrorCode.TOO_MANY_CONNECTIONS,
-                    "the server holds too much unfinished input",
-                )
-            )
+            session.framing_error(unfinished_too_much())
 
     def _decide(self, v0: bool) -> None:
         """The login object's wait is over: v0 if no line came."""

@@ -91,6 +91,7 @@ class Session:
         # handles more of them next turn, and whether reading is paused.
         # A ProtocolError stands for a framing error, in its place.
         self._inbox: deque[bytes | ProtocolError] = deque()
+        self._queued = 0  # bytes of messages in the inbox
         self._next_turn: IDelayedCall | None = None
         self._throttled = False
         # The deadline heap's bookkeeping (presence.core.timers.TimerOwner).
@@ -123,7 +124,15 @@ class Session:
         """
         if self.closing:
             return
+        lines = list(lines)
+        size = sum(map(len, lines))
+        self._queued += size
+        server = self.server
+        server.unfinished += size
         self._inbox.extend(lines)
+        if size and server.unfinished > server.config.max_unfinished:
+            self.fatal(unfinished_too_much())
+            return
         if self._next_turn is None:
             self._turn()
 
@@ -136,11 +145,13 @@ class Session:
             if isinstance(line, ProtocolError):
                 self.fatal(line)
             else:
+                self._queued -= len(line)
+                server.unfinished -= len(line)
                 self.line(line)
             if server.work >= stop:
                 break
         if self.closing:
-            inbox.clear()
+            self._drop_inbox()
             return
         if inbox:
             if not self._throttled:
@@ -218,9 +229,18 @@ class Session:
                 self.server.config.timeout, self.slow_consumer
             )
 
+    def _drop_inbox(self) -> None:
+        self._inbox.clear()
+        self.server.unfinished -= self._queued
+        self._queued = 0
+
+    def _drop_unsent(self) -> None:
+        self.server.unsent -= self._unsent
+        self._unsent = 0
+
     def transport_resumed(self) -> None:
         self._paused = False
-        self._unsent = 0
+        self._drop_unsent()
         if self._paused_call is not None:
             if self._paused_call.active():
                 self._paused_call.cancel()
@@ -229,7 +249,8 @@ class Session:
     def lost(self) -> None:
         """The connection is gone (closed by either side, or aborted)."""
         self._set_timer(None)
-        self._inbox.clear()
+        self._drop_inbox()
+        self._drop_unsent()
         for call in (self._paused_call, self._failsafe, self._next_turn):
             if call is not None and call.active():
                 call.cancel()
@@ -337,8 +358,16 @@ class Session:
                 self.fatal(ProtocolError(ErrorCode.SLOW_CONSUMER))
             return
         if self._paused:
-            self._unsent += len(data)
-            if self._unsent > self.server.config.max_buffer:
+            # Twisted holds what a paused client has not read: bound it per
+            # client and for all clients together.
+            size = len(data)
+            self._unsent += size
+            server = self.server
+            server.unsent += size
+            if (
+                self._unsent > server.config.max_buffer
+                or server.unsent > server.config.max_unsent
+            ):
                 self.slow_consumer()
                 return
         self.server.work += 1
@@ -346,6 +375,7 @@ class Session:
         self.peer.write(data)
 
     def slow_consumer(self) -> None:
+        self._drop_unsent()  # Twisted drops it with the connection
         call, self._paused_call = self._paused_call, None
         if call is not None and call.active():
             call.cancel()  # cut off by --max-buffer before the paused timer
@@ -404,6 +434,13 @@ class Session:
         self._set_timer(None)
         self.peer.close()
         self._failsafe = self.server.clock.callLater(CLOSE_FAILSAFE, self.peer.abort)
+
+
+def unfinished_too_much() -> ProtocolError:
+    """Error 16: this read would pass --max-unfinished for the server."""
+    return ProtocolError(
+        ErrorCode.TOO_MANY_CONNECTIONS, "the server holds too much unfinished input"
+    )
 
 
 def login_line_too_long(limit: int) -> ProtocolError:

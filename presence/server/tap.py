@@ -53,6 +53,7 @@ NUMBERS: dict[str, tuple[type[int] | type[float], bool]] = {
     "max-buffer": (int, False),
     "max-login-line": (int, False),
     "max-unfinished": (int, False),
+    "max-unsent": (int, False),
     "turn-budget": (int, False),
 }
 
@@ -112,6 +113,9 @@ class Options(ClusterOptions, usage.Options):
         ["max-unfinished", None, 128 * MIB,
          "Most bytes of unfinished lines held for all connections together "
          "(the connection that adds more: error 16)."],
+        ["max-unsent", None, 256 * MIB,
+         "Most bytes queued for all clients that do not read, together; the "
+         "one sent more past it is cut off (error 14)."],
         ["turn-budget", None, 1000,
          "Work one connection may do in a reactor turn (about one unit per "
          "delivery, message and KiB) before the rest waits for the next turn "
@@ -212,6 +216,7 @@ class Options(ClusterOptions, usage.Options):
             timer_slack=self["timer-slack"],
             max_login_line=self["max-login-line"],
             max_unfinished=self["max-unfinished"],
+            max_unsent=self["max-unsent"],
             turn_budget=self["turn-budget"],
         )
 

@@ -614,6 +614,26 @@ class BackpressureTests(ErrorAssertions):
         self.assertEqual(watcher.session._exit, "slow consumer")
         self.assertFalse(c.closed)
 
+    def test_server_wide_unsent_budget(self) -> None:
+        """Paused clients together may hold --max-unsent: the one whose output
+        passes it is cut off (14), though under its own --max-buffer."""
+        h = Harness(max_buffer=100_000, max_unsent=1500)
+        a, b = h.login(8, [1]), h.login(9, [1])
+        c = h.login(1)
+        for w in (a, b):
+            w.received()
+            w.proto.pauseProducing()
+        for i in range(10):
+            c.send({"type": "status", "status": "away", "text": str(i) * 50})
+        # a is told first, so a's delivery is the one that passes the budget;
+        # what it held is dropped with it, and b then stays under.
+        self.assertEqual([a.aborted, b.aborted], [True, False])
+        self.assertEqual(a.received()[-1]["error"], int(ErrorCode.SLOW_CONSUMER))
+        a.lose()
+        self.assertGreater(h.server.unsent, 0)
+        b.proto.resumeProducing()
+        self.assertEqual(h.server.unsent, 0)
+
     def test_cut_off_leaves_no_timer(self) -> None:
         """A client cut off at --max-buffer leaves no paused timer behind."""
         h = Harness(max_buffer=100)
