@@ -68,14 +68,16 @@ class LineProtocol(Protocol):
     def __init__(self) -> None:
         self.address = ""
         self.host: str | None = None
-        self._framer = Framer(0)
+        # Our own framer only while a message is unfinished; between
+        # messages (nearly always) the shared one for our limit serves.
+        self._framer: Framer | None = None
         self._direct = False
         self._max_line = 0
         self._counted = 0  # of the framer's pending bytes, in Server.unfinished
         # v1 or v0 is decided on the first message: until then None; while
         # a login object waits for its "\n", what came since and the timer.
         self._decided = False
-        self._held: list[bytes] = []
+        self._held: list[bytes] | None = None
         self._v0_timer: IDelayedCall | None = None
 
     # -- Protocol ------------------------------------------------------------
@@ -83,7 +85,6 @@ class LineProtocol(Protocol):
     def connectionMade(self) -> None:
         server = self.factory.server
         self._max_line = server.config.max_line
-        self._framer = Framer(self._max_line)
         if ITCPTransport.providedBy(self.transport):
             # Small writes must not wait for the peer's delayed ACK.
             self.transport.setTcpNoDelay(True)
@@ -112,7 +113,7 @@ class LineProtocol(Protocol):
         if (
             keepalive is not None
             and session.user_id is not None
-            and not self._framer.pending
+            and self._framer is None
             and not session.busy
             and keepalive[1] <= self._max_line
         ):
@@ -121,12 +122,14 @@ class LineProtocol(Protocol):
                 session.deliver(keepalive[0])
             return
         payloads: list[bytes] = []
+        framer = self._framer or _shared(self._max_line)
         try:
-            for payload, ending in self._framer.feed(data):
+            for payload, ending in framer.feed(data):
                 if self._decided:
                     payloads.append(payload)
                 elif self._v0_timer is not None:
                     # A login object waits: a line now makes it v1.
+                    assert self._held is not None
                     self._held.append(payload)
                     if ending is LINE:
                         self._decide(v0=False)
@@ -134,14 +137,21 @@ class LineProtocol(Protocol):
                     self._decided = True
                     payloads.append(payload)
                 elif payload:
-                    self._held.append(payload)
+                    self._held = [payload]
                     self._v0_timer = session.server.clock.callLater(
                         V0_WAIT, self._decide, True
                     )
         except ProtocolError as e:
+            if self._framer is None:
+                self._framer = _take_shared(self._max_line)  # it holds the error
             session.received(payloads)
             session.framing_error(e)
             return
+        if self._framer is None:
+            if framer.pending:
+                self._framer = _take_shared(self._max_line)
+        elif not framer.pending:
+            self._framer = None
         # The bytes of complete messages move from the framer to the
         # session's inbox: count them out there before counting them in.
         self._count_unfinished(payloads)
@@ -151,7 +161,7 @@ class LineProtocol(Protocol):
         # login, and one budget for every connection together.
         server = self.factory.server
         config = server.config
-        pending = self._framer.pending
+        pending = self._framer.pending if self._framer is not None else 0
         grown = pending - self._counted
         server.unfinished += grown
         self._counted = pending
@@ -173,8 +183,9 @@ class LineProtocol(Protocol):
         self._decided = True
         if v0:
             self.session.use_v0()
-        held, self._held = self._held, []
-        self.session.received(held)
+        held, self._held = self._held, None
+        if held:
+            self.session.received(held)
 
     # -- IPushProducer: the transport's backpressure, for the session --------
 
@@ -208,6 +219,23 @@ class LineProtocol(Protocol):
 
     def resume_reading(self) -> None:
         self.transport.resumeProducing()
+
+
+# A framer between messages holds no state: one per --max-line serves every
+# connection that is between messages.  A connection takes it (and a new one
+# is made) when a read leaves a message unfinished.
+_SHARED: dict[int, Framer] = {}
+
+
+def _shared(limit: int) -> Framer:
+    framer = _SHARED.get(limit)
+    if framer is None:
+        framer = _SHARED[limit] = Framer(limit)
+    return framer
+
+
+def _take_shared(limit: int) -> Framer:
+    return _SHARED.pop(limit)
 
 
 class LineFactory(ServerFactory):

@@ -69,6 +69,13 @@ class Session:
     """One client connection's state and protocol logic (see the module doc)."""
 
     log = Logger()
+    # Tens of thousands of these sit idle: no __dict__.
+    __slots__ = (
+        "_exit", "_failsafe", "_inbox", "_next_turn", "_paused", "_paused_call",
+        "_pinged", "_queued", "_throttled", "_timeout", "_unsent", "claim",
+        "closing", "deadline", "deadline_seq", "friends", "host", "peer",
+        "server", "user_id", "v0",
+    )
 
     def __init__(self, server: Server, peer: IPeer) -> None:
         self.server = server
@@ -90,7 +97,8 @@ class Session:
         # Fair share: messages received but not handled yet, the call that
         # handles more of them next turn, and whether reading is paused.
         # A ProtocolError stands for a framing error, in its place.
-        self._inbox: deque[bytes | ProtocolError] = deque()
+        # (None while empty: most sessions never queue, and a deque costs.)
+        self._inbox: deque[bytes | ProtocolError] | None = None
         self._queued = 0  # bytes of messages in the inbox
         self._next_turn: IDelayedCall | None = None
         self._throttled = False
@@ -129,7 +137,10 @@ class Session:
         self._queued += size
         server = self.server
         server.unfinished += size
-        self._inbox.extend(lines)
+        if self._inbox is None:
+            self._inbox = deque(lines)
+        else:
+            self._inbox.extend(lines)
         if size and server.unfinished > server.config.max_unfinished:
             self.fatal(unfinished_too_much())
             return
@@ -139,6 +150,8 @@ class Session:
     def _turn(self) -> None:
         self._next_turn = None
         server, inbox = self.server, self._inbox
+        if inbox is None:
+            return
         stop = server.work + server.config.turn_budget
         while inbox and not self.closing:
             line = inbox.popleft()
@@ -158,7 +171,9 @@ class Session:
                 self._throttled = True
                 self.peer.pause_reading()
             self._next_turn = server.clock.callLater(0, self._turn)
-        elif self._throttled:
+            return
+        self._inbox = None
+        if self._throttled:
             self._throttled = False
             self.peer.resume_reading()
 
@@ -230,7 +245,7 @@ class Session:
             )
 
     def _drop_inbox(self) -> None:
-        self._inbox.clear()
+        self._inbox = None
         self.server.unfinished -= self._queued
         self._queued = 0
 
