@@ -50,9 +50,13 @@ def missing(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session", name="browser")
+@pytest.fixture(scope="module", name="browser")
 def browser_fixture() -> Iterator[Any]:
-    """A headless chromium with a fresh profile, for the whole session."""
+    """A headless chromium with a fresh profile, for one test module.
+
+    Per module, not per session: playwright's sync API keeps an event loop
+    running while it lives, and other modules' tests run asyncio themselves.
+    """
     path = chromium_path()
     if path is None:
         missing("chromium is not installed: apt-get install chromium")

@@ -55,9 +55,8 @@ def server(start_server: StartServer) -> ServerProcess:
     return start_server()
 
 
-# The browser fixtures (browser, page, static_site) are registered here, once
-# for the whole run: a session-scoped playwright imported into two test
-# modules would start twice, and playwright refuses a second sync instance.
+# The browser fixtures (browser, page, static_site) are registered here, once:
+# playwright refuses a second sync instance while one is alive.
 from browsers import (  # noqa: E402, F401
     browser_fixture,
     page_fixture,
