@@ -10,10 +10,15 @@ address in the header, not the loopback address the bytes came from.
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import socket
 import struct
+import subprocess
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -158,8 +163,11 @@ def test_line_port_closes_a_silent_connection(start_server: StartServer) -> None
 class WebSocketClient:
     """A WebSocket client (wsproto) on a raw socket that starts with a header."""
 
-    def __init__(self, port: int, header: bytes) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    def __init__(self, port: int, header: bytes, source: str | None = None
+                 ) -> None:
+        self.sock = socket.create_connection(
+            ("127.0.0.1", port), timeout=10,
+            source_address=None if source is None else (source, 0))
         self.ws = WSConnection(ConnectionType.CLIENT)
         self.events: list[Any] = []
         self.sock.sendall(header + self.ws.send(Request(host="127.0.0.1",
@@ -261,3 +269,152 @@ def test_websocket_port_refuses_a_connection_without_header(
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         gone_without_a_byte(sock)
+
+
+# -- through a real HAProxy and nginx (docs/operations.rst's snippets) ------
+
+HAPROXY = """\
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client  60s
+    timeout server  60s
+
+frontend presence_lines
+    bind 127.0.0.1:{lines}
+    default_backend presence_lines
+
+backend presence_lines
+    server node1 127.0.0.1:{server_lines} send-proxy-v2 check
+
+frontend presence_websocket
+    bind 127.0.0.1:{websocket}
+    default_backend presence_websocket
+
+backend presence_websocket
+    server node1 127.0.0.1:{server_websocket} send-proxy check
+"""
+
+NGINX = """\
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+error_log {dir}/error.log;
+pid {dir}/nginx.pid;
+events {{}}
+stream {{
+    upstream presence_lines     {{ server 127.0.0.1:{server_lines}; }}
+    upstream presence_websocket {{ server 127.0.0.1:{server_websocket}; }}
+
+    server {{
+        listen 127.0.0.1:{lines};
+        proxy_pass presence_lines;
+        proxy_protocol on;
+        proxy_timeout 10m;
+    }}
+
+    server {{
+        listen 127.0.0.1:{websocket};
+        proxy_pass presence_websocket;
+        proxy_protocol on;
+        proxy_timeout 10m;
+    }}
+}}
+"""
+
+
+def proxy_command(kind: str, config: Path) -> list[str]:
+    if kind == "haproxy":
+        return ["haproxy", "-db", "-f", str(config)]
+    return ["nginx", "-p", str(config.parent), "-c", str(config),
+            "-g", "daemon off;"]
+
+
+class RealProxy:
+    """HAProxy or nginx on loopback with the documented settings, started
+    by L{start} once presence listens (HAProxy's health check would first
+    mark it down)."""
+
+    def __init__(self, kind: str, binary: str, workdir: Path) -> None:
+        self.kind = kind
+        self.binary = binary
+        self.workdir = workdir
+        self.ports = {name: free_port() for name in
+                      ("lines", "websocket", "server_lines", "server_websocket")}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / f"{kind}.log"
+
+    def start(self) -> None:
+        config = self.workdir / f"{self.kind}.conf"
+        template = HAPROXY if self.kind == "haproxy" else NGINX
+        config.write_text(template.format(dir=self.workdir, **self.ports))
+        command = proxy_command(self.kind, config)
+        command[0] = self.binary
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(command, stdout=log,
+                                         stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.ports["lines"]),
+                                         1).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.kind} did not start: "
+                                       f"{self.log_path.read_text()}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture(params=["haproxy", "nginx"])
+def real_proxy(request: pytest.FixtureRequest, tmp_path: Path
+               ) -> Iterator[RealProxy]:
+    """HAProxy or nginx (skipped when not installed), not yet started."""
+    kind = request.param
+    binary = shutil.which(kind) or shutil.which(kind, path="/usr/sbin")
+    if binary is None:
+        pytest.skip(f"{kind} is not installed (Debian: apt-get install {kind}"
+                    f"{' libnginx-mod-stream' if kind == 'nginx' else ''})")
+    if kind == "nginx" and not os.path.exists(
+            "/usr/lib/nginx/modules/ngx_stream_module.so"):
+        pytest.skip("nginx's stream module is not installed "
+                    "(Debian: apt-get install libnginx-mod-stream)")
+    proxy = RealProxy(kind, binary, tmp_path)
+    yield proxy
+    proxy.stop()
+
+
+def test_through_a_real_proxy(start_server: StartServer,
+                              real_proxy: RealProxy) -> None:
+    """Through HAProxy (send-proxy-v2 on the line port, send-proxy on the
+    WebSocket port, health checks on) and through nginx's stream module
+    (proxy_protocol on), configured as docs/operations.rst says: a line
+    client and a WebSocket client from 127.0.0.2 are logged from 127.0.0.2
+    (the proxy connects from 127.0.0.1)."""
+    ports = real_proxy.ports
+    server = start_server(
+        "--port", f"haproxy:tcp:{ports['server_lines']}:interface=127.0.0.1",
+        "--websocket",
+        f"haproxy:tcp:{ports['server_websocket']}:interface=127.0.0.1")
+    server.wait_for_log(r"presence websocket listening on")
+    real_proxy.start()
+    with LineSocket("127.0.0.1", ports["lines"], source="127.0.0.2") as line:
+        local_port = line.sock.getsockname()[1]
+        assert login(line, 1)["type"] == "welcome"
+        server.wait_for_log(rf"user 1 joins .* from 127\.0\.0\.2:{local_port}$")
+    ws = WebSocketClient(ports["websocket"], b"", source="127.0.0.2")
+    try:
+        local_port = ws.sock.getsockname()[1]
+        assert ws.login(2)["type"] == "welcome"
+        server.wait_for_log(rf"user 2 joins .* from 127\.0\.0\.2:{local_port}$")
+    finally:
+        ws.close()
