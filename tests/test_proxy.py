@@ -328,6 +328,13 @@ def proxy_command(kind: str, config: Path) -> list[str]:
             "-g", "daemon off;"]
 
 
+def missing(reason: str) -> None:
+    """Skip (or, in CI, fail) because the proxy cannot run."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: .ci/run installs it)")
+    pytest.skip(reason)
+
+
 class RealProxy:
     """HAProxy or nginx on loopback with the documented settings, started
     by L{start} once presence listens (HAProxy's health check would first
@@ -382,12 +389,13 @@ def real_proxy(request: pytest.FixtureRequest, tmp_path: Path
     kind = request.param
     binary = shutil.which(kind) or shutil.which(kind, path="/usr/sbin")
     if binary is None:
-        pytest.skip(f"{kind} is not installed (Debian: apt-get install {kind}"
-                    f"{' libnginx-mod-stream' if kind == 'nginx' else ''})")
+        missing(f"{kind} is not installed (Debian: apt-get install {kind}"
+                f"{' libnginx-mod-stream' if kind == 'nginx' else ''})")
     if kind == "nginx" and not os.path.exists(
             "/usr/lib/nginx/modules/ngx_stream_module.so"):
-        pytest.skip("nginx's stream module is not installed "
-                    "(Debian: apt-get install libnginx-mod-stream)")
+        missing("nginx's stream module is not installed "
+                "(Debian: apt-get install libnginx-mod-stream)")
+    assert binary is not None
     proxy = RealProxy(kind, binary, tmp_path)
     yield proxy
     proxy.stop()
