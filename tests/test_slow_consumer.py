@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from conftest import ServerProcess, StartServer
 from sockets import Json, LineSocket, rss_kib
 
@@ -26,13 +27,17 @@ def change(i: int) -> Json:
 class Scene:
     """The talker, the slow client and a normal watcher of both."""
 
-    def __init__(self, server: ServerProcess) -> None:
+    def __init__(self, server: ServerProcess, header: bytes = b"") -> None:
+        # header: a PROXY header each connection starts with (a haproxy: port)
         self.talker = LineSocket(server.host, server.port)
+        self.talker.send(header)
         self.talker.login(TALKER)
         self.slow = LineSocket(server.host, server.port, rcvbuf=4096)
+        self.slow.send(header)
         self.slow.login(SLOW, [TALKER])
         assert self.slow.presence()["user_id"] == TALKER
         self.watcher = LineSocket(server.host, server.port)
+        self.watcher.send(header)
         self.watcher.login(WATCHER, [TALKER, SLOW])
         snapshot = {self.watcher.presence()["user_id"] for _ in range(2)}
         assert snapshot == {TALKER, SLOW}
@@ -64,13 +69,21 @@ class Scene:
             sock.close()
 
 
-def test_slow_consumer_cut_at_max_buffer(start_server: StartServer) -> None:
+@pytest.mark.parametrize("proxied", [False, True], ids=["tcp", "haproxy"])
+def test_slow_consumer_cut_at_max_buffer(start_server: StartServer,
+                                         proxied: bool) -> None:
     """Past --max-buffer of unsent bytes the slow client is aborted (error 14,
     "slow consumer" in the log), its user goes offline for its watchers, a
     normal watcher of the same friend misses no event, and the server's memory
-    stays bounded."""
-    server = start_server("--max-buffer", "65536")
-    scene = Scene(server)
+    stays bounded; behind a haproxy: endpoint (PROXY v1 headers) too, where
+    the transport is Twisted's PROXY wrapper."""
+    if proxied:
+        server = start_server("--port", "haproxy:tcp:0:interface=127.0.0.1",
+                              "--max-buffer", "65536")
+        scene = Scene(server, b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 8081\r\n")
+    else:
+        server = start_server("--max-buffer", "65536")
+        scene = Scene(server)
     try:
         rss_before = rss_kib(server.proc.pid)
         # At most ~20 MB toward the slow client: far past the kernel buffers.

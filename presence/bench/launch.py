@@ -44,7 +44,8 @@ class LaunchedServer:
     C{cwd} by default), never to a pipe, so that a busy server never waits for
     its reader. Once the log says "presence listening on ADDRESS", the
     constructor returns: C{address} is that endpoint (such as
-    C{tcp:127.0.0.1:PORT} or C{unix:/path}) and C{host}/C{port} its TCP part
+    C{tcp:127.0.0.1:PORT}, C{haproxy:tcp:127.0.0.1:PORT} or C{unix:/path})
+    and C{host}/C{port} its TCP part
     (C{127.0.0.1}/0 for a UNIX socket). If the server exits or does not listen
     within C{start_timeout} seconds, it is stopped and RuntimeError raised with
     the end of its log.
@@ -86,8 +87,10 @@ class LaunchedServer:
         self.pid = self.proc.pid
         self.address = self._wait_listening(start_timeout)
         self.host, self.port = "127.0.0.1", 0
-        if self.address.startswith(("tcp:", "ssl:")):
-            _, self.host, port_text = self.address.rsplit(":", 2)
+        # haproxy:tcp:HOST:PORT behind the PROXY protocol.
+        address = self.address.removeprefix("haproxy:")
+        if address.startswith(("tcp:", "ssl:")):
+            _, self.host, port_text = address.rsplit(":", 2)
             self.port = int(port_text)
 
     @classmethod

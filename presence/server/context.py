@@ -16,7 +16,7 @@ from presence.core.registry import Registry
 from presence.core.timers import Deadlines
 from presence.server.admin import Metrics
 from presence.server.config import Config
-from presence.server.logs import RefusalLimiter
+from presence.server.logs import RefusalLimiter, ipv6_text
 from presence.wire.errors import ErrorCode, ProtocolError
 from presence.wire.tokens import TokenVerifier
 
@@ -27,8 +27,10 @@ if TYPE_CHECKING:
 
 def host_of(address: IAddress) -> str | None:
     """The IP address to count per-address limits by (None: not counted)."""
-    if isinstance(address, (IPv4Address, IPv6Address)):
+    if isinstance(address, IPv4Address):
         return address.host
+    if isinstance(address, IPv6Address):
+        return ipv6_text(address.host)
     return None
 
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from typing import IO, Any
 
@@ -31,12 +32,22 @@ from twisted.python.logfile import LogFile
 LOG_FORMATS = ("text", "json")
 
 
+def ipv6_text(host: str) -> str:
+    """An IPv6 address in its one short form (C{2001:db8::9}): the kernel
+    gives it so, but Twisted's PROXY v2 parser spells out every group
+    (C{2001:db8:0:0:0:0:0:9})."""
+    try:
+        return ipaddress.IPv6Address(host).compressed
+    except ValueError:
+        return host
+
+
 def format_peer(address: IAddress | None) -> str:
     """A peer address for a log line: C{host:port} with IPv6 hosts in brackets
     (C{[::1]:5000}), C{unix:PATH} for UNIX sockets (C{unix:} when the peer
     has no name, as UNIX clients usually have not)."""
     if isinstance(address, IPv6Address):
-        return f"[{address.host}]:{address.port}"
+        return f"[{ipv6_text(address.host)}]:{address.port}"
     if isinstance(address, IPv4Address):
         return f"{address.host}:{address.port}"
     if isinstance(address, UNIXAddress):

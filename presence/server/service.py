@@ -43,6 +43,7 @@ from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
 from presence.server.logs import format_peer
+from presence.server.proxied import PREFIX, is_proxied
 
 # Sessions get this long to take their error 15 before they are aborted, so
 # that the process exits well within the 5 s a supervisor allows.
@@ -158,6 +159,8 @@ class FrontEnd(Service):
         host = self.port.getHost()
         if isinstance(host, (IPv4Address, IPv6Address)):
             return f"{self.scheme}:{format_peer(host)}"
+        if is_proxied(self.scheme):  # haproxy:unix:PATH
+            return f"{PREFIX}{format_peer(host)}"
         return format_peer(host)
 
     def stopService(self) -> defer.Deferred[None]:

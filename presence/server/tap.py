@@ -25,6 +25,7 @@ from presence.server.context import Server
 from presence.server.lines import LineFactory
 from presence.server.logs import LOG_FORMATS, LogTarget
 from presence.server.pidfile import PidfileKeeper
+from presence.server.proxied import PREFIX, GatedEndpoint, is_proxied
 from presence.server.service import PresenceService
 from presence.server.session import Session
 from presence.server.signals import SignalService
@@ -90,7 +91,8 @@ class Options(ClusterOptions, usage.Options):
     optParameters = [
         ["port", "p", "tcp:8081",
          "Where to listen: a port number or a Twisted endpoint string "
-         "(tcp:PORT, ssl:PORT:privateKey=KEY:certKey=CERT, unix:PATH, ...)."],
+         "(tcp:PORT, ssl:PORT:privateKey=KEY:certKey=CERT, unix:PATH, ...); "
+         "behind a proxy that sends the PROXY protocol, haproxy:tcp:PORT."],
         ["timeout", "t", 15.0,
          "Seconds of silence before a client is dropped (error 1); the server "
          "pings after half of it. Also the login timeout."],
@@ -145,13 +147,13 @@ class Options(ClusterOptions, usage.Options):
         self["allowed-origin"] = []
 
     def opt_port(self, value: str) -> None:
-        self["port"] = f"tcp:{value}" if value.isdigit() else value
+        self["port"] = _endpoint(value)
 
     def opt_websocket(self, value: str) -> None:
-        self["websocket"] = f"tcp:{value}" if value.isdigit() else value
+        self["websocket"] = _endpoint(value)
 
     def opt_admin(self, value: str) -> None:
-        self["admin"] = f"tcp:{value}" if value.isdigit() else value
+        self["admin"] = _endpoint(value)
 
     def opt_allowed_origin(self, value: str) -> None:
         """A web origin allowed to connect over WebSocket, such as
@@ -175,11 +177,12 @@ class Options(ClusterOptions, usage.Options):
                 f"not {self['log-format']!r}")
         from twisted.internet import reactor
 
-        self["endpoint"] = server_endpoint(reactor, "port", self["port"])
+        limits = (self["timeout"], self["max-connections"])
+        self["endpoint"] = server_endpoint(reactor, "port", self["port"], *limits)
         for option in ("websocket", "admin"):
             if self[option] is not None:
                 self[f"{option}-endpoint"] = server_endpoint(
-                    reactor, option, self[option]
+                    reactor, option, self[option], *limits
                 )
         if self["admin-token-file"] is not None:
             if self["admin"] is None:
@@ -221,21 +224,40 @@ class Options(ClusterOptions, usage.Options):
         )
 
 
+def _endpoint(value: str) -> str:
+    """An endpoint option: a port number means tcp:PORT (haproxy:PORT,
+    haproxy:tcp:PORT)."""
+    if value.isdigit():
+        return f"tcp:{value}"
+    if is_proxied(value) and value[len(PREFIX):].isdigit():
+        return f"{PREFIX}tcp:{value[len(PREFIX):]}"
+    return value
+
+
 def with_backlog(description: str) -> str:
     """An endpoint string with a listen backlog fit for login storms.
 
     Twisted's default backlog of 50 drops connection attempts in a burst
     (clients then retry only after a second); 1024 unless one is given.
+    Behind ``haproxy:`` it goes on the endpoint inside, which listens.
     """
+    if is_proxied(description):
+        return PREFIX + with_backlog(description[len(PREFIX):])
     kind = description.split(":", 1)[0]
     if kind in ("tcp", "tcp6", "ssl", "unix") and "backlog=" not in description:
         description += ":backlog=1024"
     return description
 
 
-def server_endpoint(reactor: Any, option: str, description: str
-                    ) -> IStreamServerEndpoint:
-    """The endpoint for C{description}, or a UsageError naming C{option}."""
+def server_endpoint(reactor: Any, option: str, description: str,
+                    timeout: float, limit: int) -> IStreamServerEndpoint:
+    """The endpoint for C{description}, or a UsageError naming C{option}.
+
+    A ``haproxy:`` endpoint is gated (L{presence.server.proxied}): its
+    protocols are connected once the PROXY header has told the client's
+    address; a connection silent for C{timeout} seconds is closed, and at
+    most C{limit} may wait so.
+    """
     try:
         endpoint: IStreamServerEndpoint = endpoints.serverFromString(
             reactor, with_backlog(description))
@@ -243,6 +265,8 @@ def server_endpoint(reactor: Any, option: str, description: str
         # Unknown kinds, bad parameters, unreadable TLS keys: all the
         # operator's to fix, none worth a traceback.
         raise usage.UsageError(f"--{option} {description}: {e}") from None
+    if is_proxied(description):
+        endpoint = GatedEndpoint(endpoint, reactor, timeout, limit)
     return endpoint
 
 
@@ -365,6 +389,10 @@ def _admin(
 
 
 def _scheme(description: str) -> str:
+    """How the listening line names an endpoint's kind: tcp, ssl, unix, ...,
+    and haproxy:tcp (haproxy:ssl, ...) behind the PROXY protocol."""
+    if is_proxied(description):
+        return PREFIX + _scheme(description[len(PREFIX):])
     return description.split(":", 1)[0] if ":" in description else "tcp"
 
 

@@ -6,8 +6,9 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from presence.server.config import Config
+from presence.server.proxied import GatedEndpoint
 from presence.server.service import PresenceService
-from presence.server.tap import Options, makeService, with_backlog
+from presence.server.tap import Options, _scheme, makeService, with_backlog
 
 
 class OptionsTests(SynchronousTestCase):
@@ -45,6 +46,31 @@ class OptionsTests(SynchronousTestCase):
             self.assertEqual(with_backlog(given), used)
         self.assertEqual(self.parse("--port", "8081").endpoint_description,
                          "tcp:8081:backlog=1024")
+
+    def test_haproxy_endpoint(self) -> None:
+        """Behind ``haproxy:`` the backlog goes on the endpoint inside, a bare
+        port means haproxy:tcp:PORT, and the endpoint built is the gated one
+        (connected once the PROXY header told the address) around Twisted's,
+        with the login timeout and --max-connections."""
+        for given, used in (
+            ("haproxy:tcp:8081", "haproxy:tcp:8081:backlog=1024"),
+            ("haproxy:tcp:8081:backlog=7", "haproxy:tcp:8081:backlog=7"),
+            ("haproxy:unix:/tmp/s", "haproxy:unix:/tmp/s:backlog=1024"),
+        ):
+            self.assertEqual(with_backlog(given), used)
+        options = self.parse("--port", "haproxy:8081", "--websocket",
+                             "haproxy:tcp:8082:interface=127.0.0.1",
+                             "--timeout", "4", "--max-connections", "99")
+        self.assertEqual(options["port"], "haproxy:tcp:8081")
+        for name, port in (("endpoint", 8081), ("websocket-endpoint", 8082)):
+            gated = options[name]
+            self.assertIsInstance(gated, GatedEndpoint)
+            self.assertEqual((gated.timeout, gated.limit), (4.0, 99))
+            inner = gated.endpoint._wrappedEndpoint  # Twisted's PROXY wrapper's
+            self.assertEqual((inner._port, inner._backlog), (port, 1024))
+        self.assertEqual(_scheme("haproxy:tcp:8081"), "haproxy:tcp")
+        self.assertEqual(_scheme("tcp:8081"), "tcp")
+        self.assertNotIsInstance(self.parse()["endpoint"], GatedEndpoint)
 
     def test_bad_endpoint(self) -> None:
         """An endpoint string Twisted cannot use is a usage error naming
