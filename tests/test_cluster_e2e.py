@@ -366,5 +366,5 @@ def test_chaos_converges(start_server: Start, redis_server: RedisServer) -> None
             for f in s.friends
             if present(f) and status[f] != "invisible"
         }
-        assert s.view == truth, (s.uid, s.server.port)
+        assert s.view == truth, (s.uid, s.server.endpoint())
     assert len(sessions) >= 3
