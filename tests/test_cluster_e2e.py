@@ -357,6 +357,13 @@ def test_chaos_converges(start_server: Start, redis_server: RedisServer) -> None
     time.sleep(TTL + 2.5)
     for _ in range(15):
         act()
+    while len(sessions) < 4:  # enough views to check
+        uid = rng.choice(users)
+        if not present(uid):
+            status[uid] = "online"
+        sessions.append(Watcher(rng.choice(nodes[:2]), uid,
+                                rng.sample([u for u in users if u != uid], 4), None))
+        time.sleep(0.1)
     time.sleep(TTL + 2.5)
     for s in sessions:
         s.read(0.3)
