@@ -81,9 +81,10 @@ class Script:
 #           only if newer (status_at) than the one stored.
 #   del:    this node holds no share any more (a no-op if it held none).
 #   undo:   as del, sent after an outage for a share dropped during it (at
-#           AT): if every remaining share began after AT, the user was absent
-#           in between, so its status was forgotten: it becomes the last one
-#           written by the remaining shares' sessions, or "online".
+#           AT): if every remaining share began after AT and no status was
+#           written after AT, the user was absent in between, so its status
+#           was forgotten: it becomes the last one written by the remaining
+#           shares' sessions, or "online".
 #   reap:   as undo, for a dead incarnation last alive at AT: a ghost's user
 #           was last seen when its last session ended, if that is earlier.
 # Mirrors presence.core.bus.MemoryHub._apply and _settle.
@@ -168,7 +169,7 @@ if (mode == 'undo' or mode == 'reap') and present then
     if first == nil or since < first then first = since end
     if wsa > bsa then bsa, best = wsa, {wst, wtf, wtx} end
   end
-  if first > tonumber(at) then
+  if first > tonumber(at) and tonumber(osa) <= tonumber(at) then
     status = (best[1] ~= '' and best[1]) or 'online'
     text = (best[2] == '1' and best[3]) or ''
     sa = string.format('%.6f', bsa)

@@ -392,6 +392,35 @@ class NodeFailure(RedisCase):
                          [(True, "away"), (True, "online")])
 
     @async_test
+    async def test_status_written_after_death_stays(self) -> None:
+        """A user away on a node that dies, who logs in on node c and writes
+        "busy" after the death, logs in on node b (no status) and leaves c,
+        all before the death is noticed: it was online all along after the
+        death, so "busy" stays."""
+        ttl = 1.0
+        a, _ = await self.node("a", ttl)
+        b, lb = await self.node("b", ttl)
+        c, _ = await self.node("c", ttl)
+        a.publish(9, Share(1), StatusChange("away", None), 1.0)
+        b.follow([9])
+        await self.sync(a, b)
+        a._beat.stop()
+        for svc in a._services:
+            svc.stopService()
+        a.running = False
+        await task.deferLater(reactor, 0.1, lambda: None)
+        c.publish(9, Share(1), StatusChange("busy", None), reactor.seconds())
+        b.publish(9, Share(1), None, reactor.seconds())
+        c.publish(9, None, None, reactor.seconds())
+        await self.sync(c, b)
+        self.assertEqual(lb.view[9].status, "busy")
+        await until(lambda: self.redis.command("HLEN", scripts.shares_key(9)) == 1,
+                    ttl + 2)
+        await self.sync(b)
+        self.assertEqual([(s.present, s.status) for s in lb.states],
+                         [(True, "away"), (True, "busy")])
+
+    @async_test
     async def test_node_declared_dead_comes_back(self) -> None:
         """A node silent for longer than the TTL (connection still up) is
         declared dead; when it refreshes again it joins under a new
