@@ -97,8 +97,7 @@ class LineProtocol(Protocol):
         self.session.start()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self.factory.server.unfinished -= self._counted
-        self._counted = 0
+        self._release()
         if self._v0_timer is not None and self._v0_timer.active():
             self._v0_timer.cancel()
         self.session.lost()
@@ -143,7 +142,8 @@ class LineProtocol(Protocol):
                     )
         except ProtocolError as e:
             if self._framer is None:
-                self._framer = _take_shared(self._max_line)  # it holds the error
+                _take_shared(self._max_line)  # it holds the error: not shared
+            self._release()
             session.received(payloads)
             session.framing_error(e)
             return
@@ -174,6 +174,14 @@ class LineProtocol(Protocol):
             session.framing_error(login_line_too_long(config.max_login_line))
         elif grown > 0 and server.unfinished > config.max_unfinished:
             session.framing_error(unfinished_too_much())
+        if session.closing:
+            self._release()
+
+    def _release(self) -> None:
+        """Nothing more will be read: let go of the unfinished message."""
+        self._framer = None
+        self.factory.server.unfinished -= self._counted
+        self._counted = 0
 
     def _decide(self, v0: bool) -> None:
         """The login object's wait is over: v0 if no line came."""
