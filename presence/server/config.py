@@ -36,4 +36,4 @@ class Config:
     # Work one connection may do in a reactor turn before the rest of what
     # it sent waits for the next turn (and its socket is not read): about
     # one unit per delivery, per message and per KiB received.
-    turn_budget: int = 1000
+    turn_budget: int = 500

@@ -118,7 +118,7 @@ class Options(ClusterOptions, usage.Options):
         ["max-unsent", None, 256 * MIB,
          "Most bytes queued for all clients that do not read, together; the "
          "one sent more past it is cut off (error 14)."],
-        ["turn-budget", None, 1000,
+        ["turn-budget", None, 500,
          "Work one connection may do in a reactor turn (about one unit per "
          "delivery, message and KiB) before the rest waits for the next turn "
          "and its socket is read more slowly."],
