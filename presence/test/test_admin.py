@@ -454,7 +454,10 @@ class DocumentTests(AdminTestCase):
             for family in text_string_to_metric_families(content.decode())
             for sample in family.samples
         }
-        docs = Path(__file__).resolve().parents[2] / "docs"
+        # The repository's docs: beside the package in a checkout, or in the
+        # working directory when the tests run from an installed package.
+        candidates = [Path(__file__).resolve().parents[2] / "docs", Path("docs")]
+        docs = next((d for d in candidates if d.is_dir()), candidates[0])
         queried = set()
         dashboard = json.loads((docs / "grafana-dashboard.json").read_text())
         for panel in dashboard["panels"]:
