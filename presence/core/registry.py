@@ -70,7 +70,8 @@ class _Local:
         self.sessions: list[ISession] = []
         # Mutual mode only: how many of this user's lists (sessions and
         # ghost) hold each id.
-        self.listed: dict[int, int] = {}
+        # (None until something is listed: open mode never needs it.)
+        self.listed: dict[int, int] | None = None
         # Offline grace: the last session's list and when it ended, kept until
         # the grace runs out or a session comes back.
         self.ghost: IdList = _NO_IDS
@@ -294,7 +295,7 @@ class Registry:
 
     def _publish(self, local: _Local, change: StatusChange | None) -> None:
         sessions = len(local.sessions)
-        listed = frozenset(local.listed) if self.mutual else _EMPTY
+        listed = frozenset(local.listed) if local.listed else _EMPTY
         share = local.share
         if (
             share is None
@@ -377,6 +378,8 @@ class Registry:
         if not self.mutual:
             return
         listed = local.listed
+        if listed is None:
+            listed = local.listed = {}
         for uid in ids:
             listed[uid] = listed.get(uid, 0) + 1
 
@@ -385,6 +388,8 @@ class Registry:
         if not self.mutual:
             return
         listed = local.listed
+        if listed is None:
+            return
         for uid in ids:
             n = listed.get(uid, 0) - 1
             if n <= 0:

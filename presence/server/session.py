@@ -207,7 +207,9 @@ class Session:
             )
             self.fatal(ProtocolError(ErrorCode.UNKNOWN))
         if self.v0 is not None and not self.closing:
+            before = self.v0.pending
             self.peer.write(self.v0.reply())
+            self.server.unsent += self.v0.pending - before
 
     def active(self) -> None:
         """The client sent something: it is alive (after the login)."""
@@ -253,6 +255,11 @@ class Session:
         self.server.unsent -= self._unsent
         self._unsent = 0
 
+    def _drop_v0_events(self) -> None:
+        if self.v0 is not None:
+            self.server.unsent -= self.v0.pending
+            self.v0.pending = 0
+
     def transport_resumed(self) -> None:
         self._paused = False
         self._drop_unsent()
@@ -266,6 +273,7 @@ class Session:
         self._set_timer(None)
         self._drop_inbox()
         self._drop_unsent()
+        self._drop_v0_events()
         for call in (self._paused_call, self._failsafe, self._next_turn):
             if call is not None and call.active():
                 call.cancel()
@@ -369,7 +377,12 @@ class Session:
         if self.closing:
             return
         if self.v0 is not None:
-            if not self.v0.feed(data):
+            # Events wait for the v0 client to ask: they count as unsent.
+            v0, server = self.v0, self.server
+            before = v0.pending
+            fed = v0.feed(data)
+            server.unsent += v0.pending - before
+            if not fed or server.unsent > server.config.max_unsent:
                 self.fatal(ProtocolError(ErrorCode.SLOW_CONSUMER))
             return
         if self._paused:
@@ -431,6 +444,7 @@ class Session:
                 "{peer} refused: {msg}", peer=self.peer.address, msg=error.message
             )
         if self.v0 is not None:
+            self._drop_v0_events()
             self.peer.write(self.v0.fatal(error.code))
         else:
             self.peer.write(wire.error(error.code, error.detail))

@@ -888,6 +888,31 @@ class V0DetectionTests(SynchronousTestCase):
         self.assertTrue(c.closed)
 
 
+    def test_v0_events_count_toward_max_unsent(self) -> None:
+        """Waiting v0 events count in --max-unsent with everything unsent;
+        answered or dropped, they count no more."""
+        h = Harness(max_unsent=40)
+        c = h.connect()
+        c.send(b'{"user_id":1,"friends":[2,3,4]}')
+        h.clock.advance(0.1)
+        h.login(2)
+        self.assertEqual(h.server.unsent, len(b'{"online":true}'))
+        c.send(b'{"user_id":1,"friends":[2,3,4]}')
+        self.assertEqual(h.server.unsent, 0)
+        h.login(3)
+        h.login(4)
+        self.assertEqual(h.server.unsent, 2 * len(b'{"online":true}'))
+        h.login(5)  # not a friend: nothing waits for it
+        d = h.connect()
+        d.send(b'{"user_id":9,"friends":[2,3,4]}')
+        h.clock.advance(0.1)  # its snapshot passes the server's budget
+        self.assertTrue(d.closed)
+        self.assertFalse(c.closed)
+        c.lose()
+        d.lose()
+        self.assertEqual(h.server.unsent, 0)
+
+
 class UnfinishedInputTests(ErrorAssertions):
     """What clients can make the server hold in unfinished lines is bounded."""
 
