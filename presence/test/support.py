@@ -49,7 +49,40 @@ def line_factory(
     return LineFactory(Server(clock, config, verifier))
 
 
-class FakeClient:
+class ClientDouble:
+    """What both front ends' client doubles share: events, abort, loss.
+
+    A subclass sets C{transport} (a StringTransport) and C{connection} (what
+    gets C{connectionLost}), and defines C{received}.
+    """
+
+    transport: StringTransport
+    connection: Any
+    lost: bool
+
+    def received(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def events(self) -> list[tuple[int, bool, str]]:
+        """The presence events received, as (user_id, online, status)."""
+        return [
+            (m["user_id"], m["online"], m["status"])
+            for m in self.received()
+            if m["type"] == "presence"
+        ]
+
+    @property
+    def aborted(self) -> bool:
+        return bool(self.transport.disconnected)
+
+    def lose(self) -> None:
+        """The connection goes away (the client closed it, or the close finished)."""
+        if not self.lost:
+            self.lost = True
+            self.connection.connectionLost(Failure(ConnectionDone()))
+
+
+class FakeClient(ClientDouble):
     """One connection to the protocol under test, seen from the client side."""
 
     def __init__(self, factory: LineFactory, host: str, port: int) -> None:
@@ -60,6 +93,7 @@ class FakeClient:
         proto = factory.buildProtocol(self.transport.getPeer())
         assert isinstance(proto, LineProtocol)
         self.proto: LineProtocol = proto
+        self.connection = proto
         self.proto.makeConnection(self.transport)
         self.lost: bool = False
         self.snapshot: list[tuple[int, bool, str]] = []
@@ -83,30 +117,12 @@ class FakeClient:
         assert lines[-1] == b"", f"unterminated line: {data!r}"
         return [orjson.loads(line) for line in lines[:-1]]
 
-    def events(self) -> list[tuple[int, bool, str]]:
-        """The presence events received, as (user_id, online, status)."""
-        return [
-            (m["user_id"], m["online"], m["status"])
-            for m in self.received()
-            if m["type"] == "presence"
-        ]
-
     @property
     def closed(self) -> bool:
         return bool(self.transport.disconnecting)
 
-    @property
-    def aborted(self) -> bool:
-        return bool(self.transport.disconnected)
 
-    def lose(self) -> None:
-        """The connection goes away (the client closed it, or the close finished)."""
-        if not self.lost:
-            self.lost = True
-            self.proto.connectionLost(Failure(ConnectionDone()))
-
-
-class WebSocketFakeClient:
+class WebSocketFakeClient(ClientDouble):
     """One WebSocket connection to the server under test, client side.
 
     It upgrades at C{/ws} through the real HTTP channel and WebSocket
@@ -126,6 +142,7 @@ class WebSocketFakeClient:
             self.transport.getPeer()
         )
         assert self.channel is not None
+        self.connection = self.channel
         self.channel.makeConnection(self.transport)
         self.ws = WSConnection(ConnectionType.CLIENT)
         before = set(server.connections)
@@ -197,26 +214,10 @@ class WebSocketFakeClient:
                 text = ""
         return messages
 
-    def events(self) -> list[tuple[int, bool, str]]:
-        return [
-            (m["user_id"], m["online"], m["status"])
-            for m in self.received()
-            if m["type"] == "presence"
-        ]
-
     @property
     def closed(self) -> bool:
         self._read()
         return bool(self.transport.disconnecting)
-
-    @property
-    def aborted(self) -> bool:
-        return bool(self.transport.disconnected)
-
-    def lose(self) -> None:
-        if not self.lost:
-            self.lost = True
-            self.channel.connectionLost(Failure(ConnectionDone()))
 
 
 def _utf8(data: bytes) -> bool:
