@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -430,39 +429,3 @@ class UnitTests(unittest.TestCase):
         self.assertEqual(
             admin.state_json(2, gone), {"user_id": 2, "online": False, "sessions": 0}
         )
-
-
-class DocumentTests(AdminTestCase):
-    """The dashboard and the exposition format stay in step with /metrics."""
-
-    @inlineCallbacks
-    def test_dashboard_metrics_exist(self) -> Any:
-        """Every presence_* metric the Grafana dashboard queries is exported
-        (cluster gauges included), in a format Prometheus parses."""
-        from pathlib import Path
-
-        from prometheus_client.parser import text_string_to_metric_families
-
-        self.port.stopListening()
-        self.site = self.make_site(cluster_nodes=lambda: 1, redis_up=lambda: True)
-        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
-        self.base = f"http://127.0.0.1:{self.port.getHost().port}"  # type: ignore[attr-defined]
-        _, content = yield self.request("/metrics")
-        yield self.port.stopListening()
-        exported = {
-            sample.name
-            for family in text_string_to_metric_families(content.decode())
-            for sample in family.samples
-        }
-        # The repository's docs: beside the package in a checkout, or in the
-        # working directory when the tests run from an installed package.
-        candidates = [Path(__file__).resolve().parents[2] / "docs", Path("docs")]
-        docs = next((d for d in candidates if d.is_dir()), candidates[0])
-        queried = set()
-        dashboard = json.loads((docs / "grafana-dashboard.json").read_text())
-        for panel in dashboard["panels"]:
-            for target in panel["targets"]:
-                names = re.findall(r"\b(?:presence|process)_[a-z_]+", target["expr"])
-                queried.update(names)
-        self.assertTrue(queried)
-        self.assertEqual(queried - exported, set())
