@@ -39,7 +39,10 @@ class MemoryHub:
 
     def __init__(self) -> None:
         self._records: dict[int, _Record] = {}
-        self._followers: dict[int, set[str]] = {}
+        # The nodes following each user: the node's name while there is one
+        # (a set per user would cost 200 bytes in a single process), a set
+        # from two on.
+        self._followers: dict[int, str | set[str]] = {}
         self._buses: dict[str, MemoryBus] = {}
         self._version = 0
         self._queue: deque[Callable[[], None]] = deque()
@@ -59,8 +62,7 @@ class MemoryHub:
         self._buses.pop(node, None)
         for uid in [u for u, r in self._records.items() if node in r.shares]:
             self.publish(node, uid, None, None, at)
-        for nodes in self._followers.values():
-            nodes.discard(node)
+        self.unfollow(node, list(self._followers))
 
     # -- what the buses call ---------------------------------------------------
 
@@ -76,8 +78,16 @@ class MemoryHub:
 
     def follow(self, node: str, uids: Iterable[int]) -> None:
         uids = list(uids)
+        followers = self._followers
         for uid in uids:
-            self._followers.setdefault(uid, set()).add(node)
+            nodes = followers.get(uid)
+            if nodes is None:
+                followers[uid] = node
+            elif type(nodes) is str:
+                if nodes != node:
+                    followers[uid] = {nodes, node}
+            else:
+                nodes.add(node)  # type: ignore[union-attr]
 
         def tell() -> None:
             bus = self._buses.get(node)
@@ -85,18 +95,33 @@ class MemoryHub:
                 return
             for uid in uids:
                 record = self._records.get(uid)
-                if record is not None and node in self._followers.get(uid, ()):
+                if record is not None and node in self._nodes(uid):
                     bus.listener.user_changed(record.state)
 
         self._run(tell)
 
     def unfollow(self, node: str, uids: Iterable[int]) -> None:
+        followers = self._followers
         for uid in uids:
-            nodes = self._followers.get(uid)
-            if nodes is not None:
-                nodes.discard(node)
-                if not nodes:
-                    del self._followers[uid]
+            nodes = followers.get(uid)
+            if nodes is None:
+                continue
+            if type(nodes) is str:
+                if nodes == node:
+                    del followers[uid]
+                continue
+            nodes.discard(node)  # type: ignore[union-attr]
+            if len(nodes) == 1:
+                followers[uid] = next(iter(nodes))
+
+    def _nodes(self, uid: int) -> tuple[str, ...]:
+        """The nodes that follow C{uid}."""
+        nodes = self._followers.get(uid)
+        if nodes is None:
+            return ()
+        if type(nodes) is str:
+            return (nodes,)
+        return tuple(nodes)
 
     # -- internals -------------------------------------------------------------
 
@@ -179,7 +204,7 @@ class MemoryHub:
         )
         if not present:
             del self._records[old.uid]
-        for node in tuple(self._followers.get(old.uid, ())):
+        for node in self._nodes(old.uid):
             bus = self._buses.get(node)
             if bus is not None and bus.listener is not None:
                 bus.listener.user_changed(state)

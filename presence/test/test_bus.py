@@ -15,7 +15,7 @@ from zope.interface.verify import verifyObject
 
 from presence import wire
 from presence.core.bus import MemoryBus, MemoryHub
-from presence.core.interfaces import IBus, IStateListener, UserState
+from presence.core.interfaces import IBus, IStateListener, Share, UserState
 from presence.core.registry import Registry
 from presence.test.test_registry import START, FakeSession, offline, online
 
@@ -170,3 +170,54 @@ class MutualTests(TwoNodes):
         self.assertEqual(w.take(), [online(2)])
         self.b.logout(s)
         self.assertEqual(w.take(), [offline(2, START)])
+
+
+class FollowerTests(TwoNodes):
+    """Who follows a user, as nodes come and go: each hears while it follows."""
+
+    def test_follow_unfollow_in_any_order(self) -> None:
+        """a follows, b follows, a stops, b stops: each follower hears the
+        user's changes exactly while it follows."""
+        heard: dict[str, list[int]] = {"a": [], "b": []}
+
+        class Listener:
+            def __init__(self, name: str) -> None:
+                self.name = name
+
+            def user_changed(self, state: UserState) -> None:
+                heard[self.name].append(state.version)
+
+            def resync(self, states: list[UserState]) -> None:
+                pass
+
+        hub = MemoryHub()
+        a, b, c = hub.bus("a"), hub.bus("b"), hub.bus("c")
+        a.attach(Listener("a"))  # type: ignore[arg-type]
+        b.attach(Listener("b"))  # type: ignore[arg-type]
+        change = wire.status_fields({}, required=False)
+
+        def arrive(sessions: int) -> None:
+            c.publish(5, Share(sessions), change, START)
+
+        def status(name: str) -> None:
+            fields = wire.status_fields({"status": name}, required=True)
+            c.publish(5, Share(2), fields, START)
+
+        a.follow([5])
+        arrive(1)
+        b.follow([5])
+        arrive(2)  # a session count alone: no new version, nobody told
+        status("away")
+        a.unfollow([5])
+        status("busy")
+        b.unfollow([5])
+        c.publish(5, None, None, START)
+        # a: arrival and "away"; b: the state when it followed, "away", "busy".
+        self.assertEqual(len(heard["a"]), 2)
+        self.assertEqual(len(heard["b"]), 3)
+        self.assertEqual(heard["a"][-1], heard["b"][1])
+        b.follow([5])  # absent now: nothing to tell
+        self.assertEqual(len(heard["b"]), 3)
+        hub.node_lost("b", START)
+        arrive(1)
+        self.assertEqual(len(heard["b"]), 3)
