@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from presence.bench.launch import rss_kib  # noqa: F401  (for the tests)
+
 Json = dict[str, Any]
 DEFAULT_TIMEOUT = 10.0
 
@@ -213,10 +215,3 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0,
         time.sleep(0.02)
 
 
-def rss_kib(pid: int) -> int:
-    """A process's resident set size, from /proc."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")

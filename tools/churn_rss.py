@@ -22,15 +22,11 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from presence.bench.launch import rss_kib
+
 LISTENING = re.compile(rb"presence listening on tcp:[\d.]+:(\d+)")
 
 
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def session(port: int, uid: int) -> None:

@@ -38,6 +38,8 @@ import subprocess
 import sys
 import time
 
+from presence.bench.launch import rss_kib
+
 MESSAGE = '{"type":"presence","user_id":2,"online":true,"status":"away","text":"lunch"}'
 
 SERVER = r'''
@@ -171,12 +173,6 @@ reactor.run()
 '''
 
 
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def cpu_seconds(pid: int) -> float:

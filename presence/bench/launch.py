@@ -159,3 +159,10 @@ class LaunchedServer:
         return self.proc.returncode
 
 
+def rss_kib(pid: int) -> int:
+    """A process's resident set size in KiB, from /proc."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")

@@ -147,18 +147,6 @@ class Registry:
     def watching(self, session: ISession) -> frozenset[int]:
         return frozenset(self._watching.get(session, ()))
 
-    def shares(self) -> dict[int, Share]:
-        """What this node holds of each user (for a bus to assert again)."""
-        return {
-            uid: local.share
-            for uid, local in self._local.items()
-            if local.share is not None
-        }
-
-    def followed(self) -> list[int]:
-        """The users that sessions here watch."""
-        return list(self._watchers)
-
     @property
     def users(self) -> int:
         """Users with a session (or a ghost) on this node."""

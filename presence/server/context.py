@@ -7,6 +7,8 @@ the limits hold for the process whichever way clients come in.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IAddress, IReactorTime
@@ -20,7 +22,6 @@ from presence.server.logs import RefusalLimiter, ipv6_text
 from presence.wire.errors import ErrorCode, ProtocolError
 from presence.wire.tokens import TokenVerifier
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from presence.server.session import Session
 
