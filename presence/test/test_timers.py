@@ -22,7 +22,9 @@ class Owner:
         self.then = []
 
 
-class DeadlinesTests(SynchronousTestCase):
+class DeadlinesCase(SynchronousTestCase):
+    """A deadline heap on a fake clock, and owners that log their calls."""
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.log: list[tuple[str, float]] = []
@@ -30,6 +32,10 @@ class DeadlinesTests(SynchronousTestCase):
 
     def owner(self, name: str) -> Owner:
         return Owner(self.log, name, self.clock)
+
+
+class DeadlinesTests(DeadlinesCase):
+    """Deadlines fire in order, once, late by at most the slack."""
 
     def test_fires_at_deadline(self) -> None:
         """Each owner is called at its deadline, earliest first, once."""
@@ -158,16 +164,8 @@ class DeadlinesTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 
-class HeapSizeTests(SynchronousTestCase):
+class HeapSizeTests(DeadlinesCase):
     """Dead entries (cancelled or superseded deadlines) do not pile up."""
-
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.log: list[tuple[str, float]] = []
-        self.d = Deadlines(self.clock)
-
-    def owner(self, name: str) -> Owner:
-        return Owner(self.log, name, self.clock)
 
     def test_churn_leaves_no_dead_entries(self) -> None:
         """Under login/close churn the heap stays within twice the live owners.
