@@ -87,11 +87,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, default=None, help="write a PNG plot here")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars on stderr")
+    p.add_argument("--against", choices=["redis"], default=None,
+                   help="compare with redis-server pub/sub on the same load, in "
+                   "alternating rounds (docs/performance.rst, 'Against Redis')")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="with --against: rounds of each server (2)")
+    p.add_argument("--quick", action="store_true",
+                   help="a small, short run of every phase (" + QUICK_TEXT + ")")
     return p
 
 
+# --quick and --against change these defaults; options given still win.
+QUICK = {"users": 200, "friends": 5, "hold": 2.0, "rates": [200.0, None],
+         "phase_seconds": 2.0, "churn_rate": 20.0, "churn_seconds": 1.0,
+         "churn_delay": 0.2, "drain_timeout": 10.0, "rounds": 1}
+QUICK_TEXT = "200 users, 5 friends, 2 s phases, one round each"
+AGAINST = {"users": 2000, "rates": [2000.0, None]}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.against:
+        parser.set_defaults(**AGAINST)
+    if args.quick:
+        parser.set_defaults(**QUICK)
+    return parser.parse_args(argv) if args.against or args.quick else args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         # psutil, tqdm and matplotlib come with the "bench" extra, not with
         # the server: say so instead of failing with a traceback.
@@ -109,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("presence-bench: --users must be 2..1000000")
     if args.workers < 1 or args.workers > 64:
         raise SystemExit("presence-bench: --workers must be 1..64")
+    if args.against and args.server:
+        raise SystemExit("presence-bench: --against starts its own servers; "
+                         "no --server")
+    if args.rounds < 1 or args.rounds > 20:
+        raise SystemExit("presence-bench: --rounds must be 1..20")
     server = None
     if args.server:
         try:
@@ -141,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         server_log=args.server_log,
         wait_quiet=args.wait_quiet,
     )
+    if args.against:
+        from presence.bench.against_report import run_against
+
+        return run_against(opts, args.rounds, args.out, args.plot)
     results = Bench(opts).run()
     results["targets"] = targets(results)
     print_report(results, sys.stdout)

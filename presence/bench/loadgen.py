@@ -122,6 +122,8 @@ class Worker:
     and its own arrays for the controller to collect.
     """
 
+    conn_class = Conn  # what a connection holds (a subclass may add to it)
+
     def __init__(
         self,
         index: int,
@@ -287,20 +289,24 @@ class Worker:
             err = sock.connect_ex((self.host, self.port))
         except OSError as e:
             err = e.errno or errno.EIO
-        c = Conn(uid, sock, live)
+        c = self.conn_class(uid, sock, live)
         if err not in (0, errno.EINPROGRESS):
             sock.close()
             self.connect_failed(c)
             return
-        login: dict[str, Any] = {"user_id": uid, "friends": self.graph[uid]}
-        if text is not None:
-            login["status"] = "online"
-            login["text"] = text
-        c.out = orjson.dumps(login) + b"\n"
+        c.out = self.login_bytes(uid, text)
         self.conns[c.fd] = c
         self.by_uid[uid] = c
         self.add(C_CONNECTED)
         self.ep.register(c.fd, EPOLLIN | EPOLLOUT)
+
+    def login_bytes(self, uid: int, text: str | None) -> bytes:
+        """What a new connection of user C{uid} sends first."""
+        login: dict[str, Any] = {"user_id": uid, "friends": self.graph[uid]}
+        if text is not None:
+            login["status"] = "online"
+            login["text"] = text
+        return orjson.dumps(login) + b"\n"
 
     def connect_failed(self, c: Conn) -> None:
         self.add(C_FAILED)
@@ -390,7 +396,10 @@ class Worker:
         if not n:
             self.lost(c)
             return
-        data = self.rview[:n].tobytes()
+        self.received(c, self.rview[:n].tobytes(), now)
+
+    def received(self, c: Conn, data: bytes, now: float) -> None:
+        """Handle what the server sent on C{c}: presence lines."""
         if c.buf:
             data = c.buf + data
         lines = data.split(b"\n")
@@ -510,10 +519,15 @@ class Worker:
     def senders(self) -> list[Conn]:
         return [c for c in self.by_uid.values() if c.state == WELCOMED and c.live]
 
-    def status_line(self, c: Conn) -> bytes:
+    def send_time(self) -> float:
+        """Now, as a status change carries it (the first one of a phase is kept)."""
         stamp = time.time()
         if not self.first_send:
             self.first_send = stamp
+        return stamp
+
+    def status_line(self, c: Conn) -> bytes:
+        stamp = self.send_time()
         status = STATUSES[self.rng.randrange(3)]
         return b'{"type":"status","status":"%s","text":"t:%s:%.6f"}\n' % (
             status,
@@ -715,8 +729,9 @@ def worker_main(
     pipe: Connection,
     counters: Any,
     close_times: Any,
+    worker_class: type[Worker] = Worker,
 ) -> None:
-    """Entry point of a worker process."""
+    """Entry point of a worker process (C{worker_class}: which client it is)."""
     raise_nofile()
     cpus = config.get("cpus")
     if cpus:
@@ -725,7 +740,7 @@ def worker_main(
         except OSError:
             pass
     gc.set_threshold(100_000, 50, 100)
-    worker = Worker(index, config, pipe, counters, close_times)
+    worker = worker_class(index, config, pipe, counters, close_times)
     pipe.send(("ready", os.getpid()))
     try:
         worker.run()

@@ -19,7 +19,7 @@ from array import array
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 from tqdm import tqdm
@@ -114,6 +114,18 @@ class Options:
     server_log: Path | None = None
 
 
+class ServerProcess(Protocol):
+    """The server under test as the bench started it (L{Bench.launch})."""
+
+    host: str
+    port: int
+    pid: int
+    argv: list[str]
+    nofile: int | None
+
+    def stop(self) -> int | None: ...
+
+
 def percentiles(samples: array[float]) -> dict[str, Any]:
     """p50/p99/max/mean of latencies in seconds, reported in milliseconds."""
     n = len(samples)
@@ -142,9 +154,11 @@ class Bench:
     rate, churn), and gathers the figures of each into C{results}.
     """
 
+    worker_class: type[loadgen.Worker] = loadgen.Worker  # the load's client
+
     def __init__(self, opts: Options) -> None:
         self.opts = opts
-        self.server: LaunchedServer | None = None
+        self.server: ServerProcess | None = None
         self.probe: Probe | None = None
         self.pipes: list[Connection] = []
         self.procs: list[Any] = []
@@ -289,6 +303,21 @@ class Bench:
 
     # -- setup ----------------------------------------------------------------
 
+    def launch(self, limit: int) -> ServerProcess:
+        """Start the server under test on C{self.server_cpus}; C{limit} is the
+        file limit it inherits."""
+        o = self.opts
+        max_conn = min(o.users + 200, max(o.users, limit - 64))
+        options = [
+            "--timeout", f"{o.timeout:g}",
+            "--max-connections", str(max_conn),
+            "--max-per-ip", str(o.users + 200),
+            *o.server_args,
+        ]
+        return LaunchedServer.for_bench(
+            options, log_path=o.server_log, cpus=self.server_cpus or None
+        )
+
     def setup(self) -> None:
         o = self.opts
         loadgen.raise_nofile()
@@ -303,21 +332,12 @@ class Bench:
         pid: int | None
         if launching:
             limit = loadgen.raise_nofile()
-            max_conn = min(o.users + 200, max(o.users, limit - 64))
             if o.users + 50 > limit:
                 self.notes.append(
                     f"file limit {limit} is below users+50: the server may run "
                     "out of file descriptors"
                 )
-            options = [
-                "--timeout", f"{o.timeout:g}",
-                "--max-connections", str(max_conn),
-                "--max-per-ip", str(o.users + 200),
-                *o.server_args,
-            ]
-            self.server = LaunchedServer.for_bench(
-                options, log_path=o.server_log, cpus=self.server_cpus or None
-            )
+            self.server = self.launch(limit)
             host, port, pid = self.server.host, self.server.port, self.server.pid
         else:
             assert o.server is not None
@@ -383,7 +403,8 @@ class Bench:
             parent, child = ctx.Pipe()
             proc = ctx.Process(
                 target=loadgen.worker_main,
-                args=(i, config, child, self.counters, close_times),
+                args=(i, config, child, self.counters, close_times,
+                      self.worker_class),
                 daemon=True,
                 name=f"presence-bench-worker-{i}",
             )

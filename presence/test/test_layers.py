@@ -16,7 +16,7 @@ each import is checked against L{LAYERS}:
     presence.cluster   wire, core                      any
     presence.client    wire                            any
     presence.cli       wire, client                    any
-    presence.bench     wire                            any
+    presence.bench     wire, cluster                   any
     presence.test      (exempt)
     =================  ==============================  ===========================
 
@@ -90,7 +90,9 @@ LAYERS: tuple[Layer, ...] = (
     Layer("presence.client", frozenset({"presence.wire"})),
     Layer("presence.cli", frozenset({"presence.wire", "presence.client"})),
     # The bench starts the server as a process and talks to it over sockets.
-    Layer("presence.bench", frozenset({"presence.wire"})),
+    # It may start a throw-away redis-server (cluster.redisserver) to compare
+    # with or to cluster through.
+    Layer("presence.bench", frozenset({"presence.wire", "presence.cluster"})),
 )
 
 EXEMPT = ("presence.test",)

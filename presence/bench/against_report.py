@@ -1,0 +1,129 @@
+"""C{presence-bench --against redis}: the table, the JSON lines, the plot."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from presence.bench.against_redis import METRICS, TARGET_CPU_RATIO, compare
+from presence.bench.report import _fmt, _table
+from presence.bench.runner import Options
+from presence.cluster.redisserver import RedisMissing
+
+
+def rows(comparison: dict[str, Any]) -> list[dict[str, Any]]:
+    """The figures to show, in order: name, unit, summary entry, target."""
+    summary = comparison["summary"]
+    out: list[dict[str, Any]] = []
+    if "rss_per_conn_kib" in summary:
+        out.append({"key": "rss_per_conn_kib", "name": "RSS per connection",
+                    "unit": "KiB", "target": None})
+    for at in comparison["meta"]["rates"]:
+        where = "flat out" if at == "max" else f"paced {at}/s"
+        for metric, name, unit in METRICS:
+            key = f"{metric}@{at}"
+            if key not in summary:
+                continue
+            if metric == "deliveries_per_s" and at != "max":
+                continue  # paced, it is the rate both were given
+            out.append({"key": key, "name": f"{name}, {where}", "unit": unit,
+                        "target": TARGET_CPU_RATIO if metric == "cpu_us" else None})
+    for row in out:
+        row.update(summary[row["key"]])
+        ratio, target = row["ratio"], row["target"]
+        row["met"] = None if target is None or ratio is None else ratio <= target
+    return out
+
+
+def _values(values: list[float | None]) -> str:
+    return " ".join(_fmt(v, 1) for v in values)
+
+
+def print_comparison(comparison: dict[str, Any], out: TextIO) -> None:
+    meta = comparison["meta"]
+    out.write(
+        f"\npresence-bench --against redis {meta['date']}: {meta['users']} users, "
+        f"{meta['friends']} friends each (seed {meta['seed']}), {meta['rounds']} "
+        f"round(s) each, alternating; code {meta['source']}; load average "
+        f"{meta['loadavg_start'][0]:.2f} at start, {meta['loadavg_end'][0]:.2f} "
+        "at end\n\n"
+    )
+    table = [["figure", "redis rounds", "presence rounds", "redis", "presence",
+              "presence/redis", "target"]]
+    verdict = {True: "ok", False: "MISSED", None: ""}
+    for row in rows(comparison):
+        target = ""
+        if row["target"] is not None:
+            target = f"<= {row['target']:.2f}x {verdict[row['met']]}"
+        table.append([
+            f"{row['name']} ({row['unit']})",
+            _values(row["redis"]), _values(row["presence"]),
+            _fmt(row["redis_median"]), _fmt(row["presence_median"]),
+            f"{row['ratio']:.2f}x" if row["ratio"] is not None else "-",
+            target,
+        ])
+    _table(table, out)
+    out.write("\nmedians of the rounds; CPU is the server process's (/proc), "
+              "minus its idle rate\n")
+    for note in comparison["notes"]:
+        out.write(f"note: {note}\n")
+
+
+def write_jsonl(comparison: dict[str, Any], path: Path) -> None:
+    """One line per round (its figures and whole bench results), then one
+    line with the medians and ratios."""
+    with path.open("w") as f:
+        for r in comparison["rounds"]:
+            f.write(json.dumps({"kind": "round", **r}) + "\n")
+        f.write(json.dumps({"kind": "summary", "meta": comparison["meta"],
+                            "summary": comparison["summary"],
+                            "notes": comparison["notes"]}) + "\n")
+
+
+def plot_ratios(comparison: dict[str, Any], path: Path) -> None:
+    """A bar per figure: presence's median over Redis's (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in rows(comparison) if r["ratio"]]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(shown) + 1.6))
+    names = [r["name"] for r in shown]
+    ratios = [r["ratio"] for r in shown]
+    bars = ax.barh(range(len(shown)), ratios, color=[
+        "tab:red" if r["met"] is False else "tab:blue" for r in shown])
+    for bar, ratio in zip(bars, ratios, strict=True):
+        ax.annotate(f"{ratio:.2f}x", (bar.get_width(), bar.get_y()),
+                    textcoords="offset points", xytext=(3, 2), fontsize=8)
+    ax.set_yticks(range(len(shown)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_xlabel("presence / Redis, medians of the rounds")
+    meta = comparison["meta"]
+    ax.set_title(f"presence against Redis pub/sub: {meta['users']} users x "
+                 f"{meta['friends']} friends, {meta['rounds']} rounds each, "
+                 f"{meta['date']}", fontsize=9)
+    ax.grid(True, axis="x", which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_against(
+    opts: Options, rounds: int, out: Path | None, plot: Path | None,
+) -> int:
+    """C{presence-bench --against redis}: run, print, write; the exit code."""
+    try:
+        comparison = compare(opts, rounds)
+    except RedisMissing as e:
+        raise SystemExit(f"presence-bench: {e}") from None
+    print_comparison(comparison, sys.stdout)
+    if out:
+        write_jsonl(comparison, out)
+    if plot:
+        plot_ratios(comparison, plot)
+    return 0
