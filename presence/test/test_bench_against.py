@@ -1,0 +1,238 @@
+"""presence-bench --against redis: the Redis client of the load workers, the
+figures of a round, their medians and ratios, and the --quick presets.
+
+No redis-server here: the worker is fed Redis's bytes as a test writes them
+(tests/test_bench_quick.py runs the whole comparison against a real one).
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import socket
+from typing import Any
+
+import hiredis
+from twisted.trial.unittest import SynchronousTestCase
+
+from presence.bench.against_redis import figures, summarize
+from presence.bench.against_report import print_comparison, rows
+from presence.bench.cli import parse_args
+from presence.bench.graph import friend_graph
+from presence.bench.loadgen import (
+    C_COMPLETE,
+    C_DELIVERED,
+    C_ERRORS,
+    C_WELCOMED,
+    LOGGING_IN,
+    NCOUNTERS,
+    WELCOMED,
+)
+from presence.bench.redisload import RedisConn, RedisWorker, command
+
+HELLO_REPLY = b"%2\r\n$6\r\nserver\r\n$5\r\nredis\r\n$5\r\nproto\r\n:3\r\n"
+
+
+def push(*items: bytes | int) -> bytes:
+    out = [b">%d\r\n" % len(items)]
+    for item in items:
+        if isinstance(item, int):
+            out.append(b":%d\r\n" % item)
+        else:
+            out.append(b"$%d\r\n%s\r\n" % (len(item), item))
+    return b"".join(out)
+
+
+def parse(data: bytes) -> list[Any]:
+    """The commands in C{data}, as lists (RESP commands are arrays)."""
+    reader = hiredis.Reader()
+    reader.feed(data)
+    out = []
+    while (item := reader.gets()) is not False:
+        out.append(item)
+    return out
+
+
+class RedisWorkerTests(SynchronousTestCase):
+    """One worker of 1, with 10 users of 3 friends; its connections are one
+    end of a socket pair, fed what Redis would send."""
+
+    def setUp(self) -> None:
+        config = {"workers": 1, "host": "127.0.0.1", "port": 1, "addresses": 1,
+                  "users": 10, "friends": 3, "seed": 1}
+        self.counters = [0.0] * NCOUNTERS
+        self.pipe, theirs = multiprocessing.Pipe()
+        self.addCleanup(self.pipe.close)
+        self.addCleanup(theirs.close)
+        self.worker = RedisWorker(0, config, theirs, self.counters, None)
+        self.addCleanup(self.worker.ep.close)
+        self.graph = friend_graph(10, 3, 1)
+
+    def conn(self, uid: int) -> RedisConn:
+        mine, other = socket.socketpair()
+        self.addCleanup(mine.close)
+        self.addCleanup(other.close)
+        c = RedisConn(uid, mine, live=True)
+        c.state = LOGGING_IN
+        return c
+
+    def test_login_subscribes_to_friends(self) -> None:
+        """A user's connection says HELLO 3, then subscribes to the channel of
+        each of its friends, in one write."""
+        commands = parse(self.worker.login_bytes(4, None))
+        friends = [b"u%d" % f for f in self.graph[4]]
+        self.assertEqual(commands, [[b"HELLO", b"3"], [b"SUBSCRIBE", *friends]])
+
+    def test_status_is_a_publish_with_the_send_time(self) -> None:
+        """A status change is a PUBLISH on the user's own channel whose payload
+        is t:<phase>:<send time>, and the phase's first send time is kept."""
+        self.worker.phase_tag = "f0"
+        [cmd] = parse(self.worker.status_line(self.conn(7)))
+        self.assertEqual(cmd[:2], [b"PUBLISH", b"u7"])
+        tag, stamp = cmd[2].split(b":")[1:]
+        self.assertEqual(tag, b"f0")
+        self.assertEqual(float(stamp), round(self.worker.first_send, 6))
+
+    def test_welcomed_then_complete_at_last_subscription(self) -> None:
+        """HELLO's reply welcomes a connection; it is complete (counted as a
+        login) when Redis confirms its last subscription, not before."""
+        worker, c = self.worker, self.conn(2)
+        worker.kind = "login"  # as start_login sets it, without connecting
+        friends = self.graph[2]
+        data = HELLO_REPLY + b"".join(
+            push(b"subscribe", b"u%d" % f, n)
+            for n, f in enumerate(friends[:-1], 1))
+        worker.received(c, data, 0.0)
+        self.assertEqual(c.state, WELCOMED)
+        self.assertEqual(self.counters[C_WELCOMED], 1)
+        self.assertFalse(c.complete)
+        worker.received(c, push(b"subscribe", b"u%d" % friends[-1], len(friends)),
+                        0.0)
+        self.assertTrue(c.complete)
+        self.assertEqual(self.counters[C_COMPLETE], 1)
+
+    def test_message_counts_a_delivery_and_its_latency(self) -> None:
+        """A message on a friend's channel is a delivery; one sent in the
+        current phase gives a latency (now minus its send time), also when it
+        comes in two reads; one of an earlier phase gives none."""
+        worker, c = self.worker, self.conn(2)
+        worker.received(c, HELLO_REPLY, 0.0)
+        worker.start_phase("f1", "fanout")
+        message = push(b"message", b"u5", b"t:f1:100.250000")
+        worker.received(c, message[:9], 100.0)
+        self.assertEqual(self.counters[C_DELIVERED], 0)
+        worker.received(c, message[9:] + push(b"message", b"u5", b"t:f0:99.0"),
+                        100.5)
+        self.assertEqual(self.counters[C_DELIVERED], 2)
+        self.assertEqual(list(worker.lat), [0.25])
+
+    def test_publish_count_and_errors(self) -> None:
+        """PUBLISH's integer reply is neither a delivery nor an error; an
+        error reply is counted as an error."""
+        worker, c = self.worker, self.conn(2)
+        worker.received(c, HELLO_REPLY + b":3\r\n-ERR wrong\r\n", 0.0)
+        self.assertEqual(self.counters[C_DELIVERED], 0)
+        self.assertEqual(self.counters[C_ERRORS], 1)
+        self.assertEqual(worker.errors, {-3: 1})
+
+    def test_command_packs_resp(self) -> None:
+        """command() writes one RESP array of bulk strings."""
+        self.assertEqual(command("PUBLISH", b"u1", b"x"),
+                         b"*3\r\n$7\r\nPUBLISH\r\n$2\r\nu1\r\n$1\r\nx\r\n")
+
+
+def bench_results(rss: float, cpu: float, p99: float, rate: float) -> dict[str, Any]:
+    """A bench run's results with the fields the comparison reads."""
+    phase = {"label": "fan-out", "cpu_us_per_delivery_net": cpu,
+             "cpu_us_per_delivery": cpu + 1, "deliveries_per_s": rate * 10,
+             "missing_deliveries": 0,
+             "latency": {"p50_ms": p99 / 2, "p99_ms": p99}}
+    return {"login": {"rss_per_conn": rss},
+            "fanout": [{**phase, "rate": 100.0}, {**phase, "rate": None}]}
+
+
+class SummaryTests(SynchronousTestCase):
+    """The figures of rounds, their medians and ratios, and the table."""
+
+    def comparison(self) -> dict[str, Any]:
+        rounds = []
+        for n, (redis_cpu, presence_cpu) in enumerate([(4, 9), (6, 3), (5, 6)], 1):
+            rounds.append({"server": "redis", "round": n, "figures": figures(
+                bench_results(10240, redis_cpu, 2.0, 100))})
+            rounds.append({"server": "presence", "round": n, "figures": figures(
+                bench_results(2048, presence_cpu, 1.0, 100))})
+        meta = {"date": "d", "users": 10, "friends": 3, "seed": 1, "rounds": 3,
+                "source": "x", "rates": ["100", "max"],
+                "loadavg_start": [0.5], "loadavg_end": [0.7]}
+        return {"meta": meta, "rounds": rounds, "summary": summarize(rounds),
+                "notes": ["something"]}
+
+    def test_figures_of_a_round(self) -> None:
+        """A round's figures are keyed by phase rate ('max' flat out), RSS
+        per connection in KiB."""
+        got = figures(bench_results(2048, 7.0, 3.0, 100))
+        self.assertEqual(got["rss_per_conn_kib"], 2.0)
+        self.assertEqual(got["cpu_us@100"], 7.0)
+        self.assertEqual(got["cpu_us_raw@max"], 8.0)
+        self.assertEqual(got["p99_ms@max"], 3.0)
+        self.assertEqual(got["p50_ms@100"], 1.5)
+
+    def test_medians_and_ratio(self) -> None:
+        """Each figure keeps every round's value; the ratio is presence's
+        median over Redis's (medians, not means: 6/5, not 6/5 of means)."""
+        entry = summarize(self.comparison()["rounds"])["cpu_us@max"]
+        self.assertEqual(entry["redis"], [4, 6, 5])
+        self.assertEqual(entry["presence"], [9, 3, 6])
+        self.assertEqual(entry["redis_median"], 5)
+        self.assertEqual(entry["presence_median"], 6)
+        self.assertAlmostEqual(entry["ratio"], 1.2)
+
+    def test_missing_values(self) -> None:
+        """A figure no round measured has no median and no ratio."""
+        rounds = [{"server": "redis", "figures": {"x": None}},
+                  {"server": "presence", "figures": {"x": 1.0}}]
+        self.assertEqual(summarize(rounds)["x"]["ratio"], None)
+
+    def test_rows_and_targets(self) -> None:
+        """The table shows RSS, then per rate CPU, p50, p99 (and deliveries/s
+        flat out only); CPU rows carry the 1.0x target, missed at 1.2x."""
+        shown = rows(self.comparison())
+        self.assertEqual([r["key"] for r in shown], [
+            "rss_per_conn_kib", "cpu_us@100", "p50_ms@100", "p99_ms@100",
+            "cpu_us@max", "p50_ms@max", "p99_ms@max", "deliveries_per_s@max"])
+        met = {r["key"]: r["met"] for r in shown}
+        self.assertEqual(met["cpu_us@max"], False)
+        self.assertEqual(met["rss_per_conn_kib"], None)
+        out = io.StringIO()
+        print_comparison(self.comparison(), out)
+        self.assertIn("1.20x", out.getvalue())
+        self.assertIn("MISSED", out.getvalue())
+        self.assertIn("note: something", out.getvalue())
+
+
+class OptionsTests(SynchronousTestCase):
+    """--quick and --against change defaults; options given still win."""
+
+    def test_quick(self) -> None:
+        """--quick is 200 users, 5 friends, short phases, one round."""
+        args = parse_args(["--quick"])
+        self.assertEqual((args.users, args.friends, args.rounds), (200, 5, 1))
+        self.assertEqual(args.rates, [200.0, None])
+        self.assertLessEqual(args.phase_seconds, 2)
+
+    def test_quick_with_option(self) -> None:
+        """An option given with --quick keeps its value."""
+        args = parse_args(["--quick", "--users", "50"])
+        self.assertEqual((args.users, args.friends), (50, 5))
+
+    def test_against(self) -> None:
+        """--against redis defaults to the issue's comparison: 2,000 users,
+        2,000 changes/s and flat out, 2 rounds each."""
+        args = parse_args(["--against", "redis"])
+        self.assertEqual((args.users, args.friends, args.rounds), (2000, 20, 2))
+        self.assertEqual(args.rates, [2000.0, None])
+
+    def test_plain(self) -> None:
+        """Without either, the defaults are the bench's own."""
+        args = parse_args([])
+        self.assertEqual((args.users, args.against), (1000, None))

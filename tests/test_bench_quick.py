@@ -1,0 +1,74 @@
+"""End-to-end: ``presence-bench --quick``, alone and ``--against redis``.
+
+CI runs these to keep the tool working.  They check that each run finishes,
+prints its table and writes every figure; never how fast anything was.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_bench import bench_command
+
+from presence.cluster.redisserver import missing_message, required
+
+
+def run(tmp_path: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [*bench_command(), "--quick", "--no-progress", *options],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_quick(tmp_path: Path) -> None:
+    """presence-bench --quick runs every phase on 200 users, prints the
+    targets and phases, and writes a JSON with each phase's figures and a
+    PNG plot."""
+    out, plot = tmp_path / "quick.json", tmp_path / "quick.png"
+    proc = run(tmp_path, "--out", str(out), "--plot", str(plot))
+    assert "logins/s including snapshot" in proc.stdout
+    assert "fan-out max" in proc.stdout
+    results = json.loads(out.read_text())
+    assert results["meta"]["users"] == 200 and results["meta"]["friends"] == 5
+    assert results["login"]["complete"] == 200
+    assert [p["rate"] for p in results["fanout"]] == [200, None]
+    for phase in [*results["fanout"], results["churn"]]:
+        assert phase["deliveries"] > 0, phase["label"]
+        assert phase["cpu_us_per_delivery"] is not None, phase["label"]
+        assert phase["latency"]["p99_ms"] is not None, phase["label"]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quick_against_redis(tmp_path: Path) -> None:
+    """presence-bench --against redis --quick runs one round on a
+    redis-server it starts and one on presence, prints the comparison, and
+    writes one JSON line per round and a summary line with every figure's
+    medians and ratio, and a PNG plot of the ratios."""
+    if shutil.which("redis-server") is None:
+        if required():
+            pytest.fail(missing_message() + " (CI=true: never skipped)")
+        pytest.skip(missing_message())
+    out, plot = tmp_path / "against.jsonl", tmp_path / "against.png"
+    proc = run(tmp_path, "--against", "redis", "--out", str(out),
+               "--plot", str(plot))
+    assert "presence/redis" in proc.stdout
+    assert "server CPU per delivery (net of idle), flat out" in proc.stdout
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(x["kind"], x.get("server")) for x in lines] == [
+        ("round", "redis"), ("round", "presence"), ("summary", None)]
+    for r in lines[:2]:
+        assert r["results"]["login"]["complete"] == 200, r["server"]
+        assert r["results"]["churn"] is None  # Redis has no offline events
+    summary = lines[2]["summary"]
+    for key in ("rss_per_conn_kib", "cpu_us@200", "cpu_us@max", "p50_ms@200",
+                "p99_ms@200", "p99_ms@max", "deliveries_per_s@max"):
+        assert summary[key]["ratio"] is not None, key
+        assert len(summary[key]["redis"]) == len(summary[key]["presence"]) == 1
+    assert lines[2]["meta"]["loadavg_start"]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
