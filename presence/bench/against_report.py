@@ -93,20 +93,26 @@ def plot_ratios(comparison: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(shown) + 1.6))
     names = [r["name"] for r in shown]
     ratios = [r["ratio"] for r in shown]
-    bars = ax.barh(range(len(shown)), ratios, color=[
+    # Bars grow from 1.0 (the same as Redis), left when presence is lower.
+    ax.barh(range(len(shown)), [r - 1.0 for r in ratios], left=1.0, color=[
         "tab:red" if r["met"] is False else "tab:blue" for r in shown])
-    for bar, ratio in zip(bars, ratios, strict=True):
-        ax.annotate(f"{ratio:.2f}x", (bar.get_width(), bar.get_y()),
-                    textcoords="offset points", xytext=(3, 2), fontsize=8)
+    for y, ratio in enumerate(ratios):
+        ax.annotate(f"{ratio:.2f}x", (ratio, y), va="center", fontsize=8,
+                    textcoords="offset points",
+                    xytext=(3, 0) if ratio >= 1 else (-3, 0),
+                    ha="left" if ratio >= 1 else "right")
     ax.set_yticks(range(len(shown)), names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
+    low, high = min([*ratios, 1.0]), max([*ratios, 1.0])
+    ax.set_xlim(low / 1.6, high * 1.6)
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_xlabel("presence / Redis, medians of the rounds")
     meta = comparison["meta"]
     ax.set_title(f"presence against Redis pub/sub: {meta['users']} users x "
-                 f"{meta['friends']} friends, {meta['rounds']} rounds each, "
-                 f"{meta['date']}", fontsize=9)
+                 f"{meta['friends']} friends, {meta['rounds']} rounds each\n"
+                 f"{meta['date']}, load average {meta['loadavg_start'][0]:.1f}",
+                 fontsize=9)
     ax.grid(True, axis="x", which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
