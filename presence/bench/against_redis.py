@@ -31,6 +31,8 @@ METRICS = (
     ("p50_ms", "p50 latency", "ms"),
     ("p99_ms", "p99 latency", "ms"),
     ("deliveries_per_s", "deliveries/s", "/s"),
+    # Not a figure of either server: what else ran, to judge the others by.
+    ("others", "other processes' CPU", "cores"),
 )
 
 
@@ -92,6 +94,7 @@ def figures(results: dict[str, Any]) -> dict[str, float | None]:
         out[f"p99_ms@{at}"] = latency.get("p99_ms")
         out[f"deliveries_per_s@{at}"] = phase.get("deliveries_per_s")
         out[f"missing@{at}"] = phase.get("missing_deliveries")
+        out[f"others@{at}"] = (phase.get("loadgen") or {}).get("other_cpu_cores")
     return out
 
 
@@ -99,6 +102,8 @@ def warnings(server: str, n: int, results: dict[str, Any]) -> list[str]:
     """What makes a round's figures doubtful: a busy machine, a load
     generator that could not keep up, deliveries that never came."""
     out = []
+    if not (results.get("meta") or {}).get("server", {}).get("cpus"):
+        out.append(f"{server} round {n}: the server shared the load's CPUs")
     login = results.get("login") or {}
     if login.get("complete") != login.get("users"):
         out.append(f"{server} round {n}: {login.get('complete')} of "
@@ -140,10 +145,15 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+BENCHES: tuple[tuple[str, type[Bench]], ...] = (
+    ("redis", RedisBench), ("presence", Bench))
+
+
 def compare(
     opts: Options, rounds: int, log: Callable[[str], None] | None = None,
+    benches: tuple[tuple[str, type[Bench]], ...] = BENCHES,
 ) -> dict[str, Any]:
-    """Run C{rounds} rounds of each server, alternating, Redis first."""
+    """Run C{rounds} rounds of each of C{benches}, alternating, in order."""
     say = log or (lambda text: print(text, file=sys.stderr))
     opts = replace(opts, churn_seconds=0.0, server=None, server_pid=None)
     meta: dict[str, Any] = {
@@ -159,9 +169,13 @@ def compare(
     }
     done: list[dict[str, Any]] = []
     notes: list[str] = []
+    cpus = os.sched_getaffinity(0)
     for n in range(1, rounds + 1):
-        for server, bench in (("redis", RedisBench), ("presence", Bench)):
+        for server, bench in benches:
             say(f"presence-bench --against redis: round {n} of {rounds}, {server}")
+            # A run pins this process to the load's CPUs; the next one must
+            # see every CPU again to give the server one of its own.
+            os.sched_setaffinity(0, cpus)
             results = bench(opts).run()
             notes.extend(warnings(server, n, results))
             notes.extend(f"{server} round {n}: {note}"

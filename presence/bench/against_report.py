@@ -32,6 +32,8 @@ def rows(comparison: dict[str, Any]) -> list[dict[str, Any]]:
                         "target": TARGET_CPU_RATIO if metric == "cpu_us" else None})
     for row in out:
         row.update(summary[row["key"]])
+        if row["key"].startswith("others@"):
+            row["ratio"] = None  # the machine's load, not a server's figure
         ratio, target = row["ratio"], row["target"]
         row["met"] = None if target is None or ratio is None else ratio <= target
     return out

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import os
 import socket
 from typing import Any
 
 import hiredis
 from twisted.trial.unittest import SynchronousTestCase
 
-from presence.bench.against_redis import figures, summarize
+from presence.bench.against_redis import compare, figures, summarize
 from presence.bench.against_report import print_comparison, rows
 from presence.bench.cli import parse_args
 from presence.bench.graph import friend_graph
@@ -29,6 +30,7 @@ from presence.bench.loadgen import (
     WELCOMED,
 )
 from presence.bench.redisload import RedisConn, RedisWorker, command
+from presence.bench.runner import Bench, Options
 
 HELLO_REPLY = b"%2\r\n$6\r\nserver\r\n$5\r\nredis\r\n$5\r\nproto\r\n:3\r\n"
 
@@ -145,7 +147,7 @@ def bench_results(rss: float, cpu: float, p99: float, rate: float) -> dict[str, 
     """A bench run's results with the fields the comparison reads."""
     phase = {"label": "fan-out", "cpu_us_per_delivery_net": cpu,
              "cpu_us_per_delivery": cpu + 1, "deliveries_per_s": rate * 10,
-             "missing_deliveries": 0,
+             "missing_deliveries": 0, "loadgen": {"other_cpu_cores": 0.5},
              "latency": {"p50_ms": p99 / 2, "p99_ms": p99}}
     return {"login": {"rss_per_conn": rss},
             "fanout": [{**phase, "rate": 100.0}, {**phase, "rate": None}]}
@@ -195,11 +197,15 @@ class SummaryTests(SynchronousTestCase):
 
     def test_rows_and_targets(self) -> None:
         """The table shows RSS, then per rate CPU, p50, p99 (and deliveries/s
-        flat out only); CPU rows carry the 1.0x target, missed at 1.2x."""
+        flat out only), and the other processes' CPU (no ratio); CPU rows
+        carry the 1.0x target, missed at 1.2x."""
         shown = rows(self.comparison())
         self.assertEqual([r["key"] for r in shown], [
             "rss_per_conn_kib", "cpu_us@100", "p50_ms@100", "p99_ms@100",
-            "cpu_us@max", "p50_ms@max", "p99_ms@max", "deliveries_per_s@max"])
+            "others@100", "cpu_us@max", "p50_ms@max", "p99_ms@max",
+            "deliveries_per_s@max", "others@max"])
+        others = shown[4]
+        self.assertEqual((others["redis"], others["ratio"]), ([0.5] * 3, None))
         met = {r["key"]: r["met"] for r in shown}
         self.assertEqual(met["cpu_us@max"], False)
         self.assertEqual(met["rss_per_conn_kib"], None)
@@ -236,3 +242,33 @@ class OptionsTests(SynchronousTestCase):
         """Without either, the defaults are the bench's own."""
         args = parse_args([])
         self.assertEqual((args.users, args.against), (1000, None))
+
+
+class PinningBench(Bench):
+    """A bench run that only notes the CPUs it may use, then pins this
+    process to the last of them, as Bench.setup pins it to the load's."""
+
+    seen: list[set[int]] = []
+
+    def run(self) -> dict[str, Any]:
+        cpus = os.sched_getaffinity(0)
+        self.seen.append(cpus)
+        os.sched_setaffinity(0, {max(cpus)})
+        return {"meta": {"server": {"cpus": [min(cpus)]}}, "fanout": []}
+
+
+class CompareTests(SynchronousTestCase):
+    """compare() alternates the servers, each round on every CPU."""
+
+    def test_rounds_alternate_on_every_cpu(self) -> None:
+        """Each run starts with every CPU this process had, though the run
+        before pinned it to one; runs go in order, round after round."""
+        cpus = os.sched_getaffinity(0)
+        self.addCleanup(os.sched_setaffinity, 0, cpus)
+        PinningBench.seen = []
+        got = compare(Options(users=10), 2, log=lambda text: None,
+                      benches=(("redis", PinningBench), ("presence", PinningBench)))
+        self.assertEqual(PinningBench.seen, [cpus] * 4)
+        self.assertEqual([(r["server"], r["round"]) for r in got["rounds"]],
+                         [("redis", 1), ("presence", 1), ("redis", 2),
+                          ("presence", 2)])
