@@ -118,6 +118,9 @@ def warnings(server: str, n: int, results: dict[str, Any]) -> list[str]:
                        f"{usage.get('other_cpu_cores')} cores")
         if usage.get("saturated") and phase.get("rate"):
             out.append(f"{where}: the load generator fell behind")
+        elif usage.get("saturated"):
+            out.append(f"{where}: the load generator was saturated (the "
+                       "deliveries/s are its ceiling, not the server's)")
     return out
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import hiredis
 from twisted.trial.unittest import SynchronousTestCase
 
-from presence.bench.against_redis import compare, figures, summarize
+from presence.bench.against_redis import compare, figures, summarize, warnings
 from presence.bench.against_report import print_comparison, rows
 from presence.bench.cli import parse_args
 from presence.bench.graph import friend_graph
@@ -188,6 +188,36 @@ class SummaryTests(SynchronousTestCase):
         self.assertEqual(entry["redis_median"], 5)
         self.assertEqual(entry["presence_median"], 6)
         self.assertAlmostEqual(entry["ratio"], 1.2)
+
+    def test_warnings(self) -> None:
+        """A round is flagged for what makes its figures doubtful: users not
+        logged in, the server on the load's CPUs, deliveries missing, other
+        processes on the CPUs, a paced sender behind, a saturated load
+        generator flat out; a clean round for nothing."""
+        clean = {"meta": {"server": {"cpus": [0]}},
+                 "login": {"users": 10, "complete": 10},
+                 "fanout": [{"label": "fan-out 100/s", "rate": 100.0,
+                             "loadgen": {}},
+                            {"label": "fan-out max", "rate": None,
+                             "loadgen": {}}]}
+        self.assertEqual(warnings("redis", 1, clean), [])
+        bad = {"meta": {"server": {"cpus": None}},
+               "login": {"users": 10, "complete": 9},
+               "fanout": [{"label": "fan-out 100/s", "rate": 100.0,
+                           "missing_deliveries": 3,
+                           "loadgen": {"saturated": True, "contended": True,
+                                       "other_cpu_cores": 0.5}},
+                          {"label": "fan-out max", "rate": None,
+                           "loadgen": {"saturated": True}}]}
+        self.assertEqual(warnings("presence", 2, bad), [
+            "presence round 2: the server shared the load's CPUs",
+            "presence round 2: 9 of 10 users logged in",
+            "presence round 2, fan-out 100/s: 3 deliveries missing",
+            "presence round 2, fan-out 100/s: other processes used 0.5 cores",
+            "presence round 2, fan-out 100/s: the load generator fell behind",
+            "presence round 2, fan-out max: the load generator was saturated "
+            "(the deliveries/s are its ceiling, not the server's)",
+        ])
 
     def test_missing_values(self) -> None:
         """A figure no round measured has no median and no ratio."""
