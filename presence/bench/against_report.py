@@ -90,6 +90,7 @@ def plot_ratios(comparison: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     shown = [r for r in rows(comparison) if r["ratio"]]
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(shown) + 1.6))
@@ -108,6 +109,8 @@ def plot_ratios(comparison: dict[str, Any], path: Path) -> None:
     ax.set_xscale("log")
     low, high = min([*ratios, 1.0]), max([*ratios, 1.0])
     ax.set_xlim(low / 1.6, high * 1.6)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_xlabel("presence / Redis, medians of the rounds")
     meta = comparison["meta"]
