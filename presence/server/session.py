@@ -40,6 +40,11 @@ EXIT_REASONS = {
 # aborted (a client that does not read would otherwise hold it forever).
 CLOSE_FAILSAFE = 5.0
 
+# A turn's lines for one session go to the transport before the turn ends
+# once they reach this size: Twisted's transports pause their producer at
+# 64 KiB, and that is where slow-consumer accounting starts.
+FLUSH_EARLY = 64 * 1024
+
 
 class IPeer(Interface):
     """What a session needs of its front end."""
@@ -71,8 +76,9 @@ class Session:
     log = Logger()
     # Tens of thousands of these sit idle: no __dict__.
     __slots__ = (
-        "_exit", "_failsafe", "_inbox", "_next_turn", "_paused", "_paused_call",
-        "_pinged", "_queued", "_throttled", "_timeout", "_unsent", "claim",
+        "_exit", "_failsafe", "_inbox", "_next_turn", "_out", "_out_size", "_paused",
+        "_paused_call", "_pinged", "_queued", "_throttled", "_timeout", "_unsent",
+        "claim",
         "closing", "deadline", "deadline_seq", "friends", "host", "peer",
         "server", "user_id", "v0",
     )
@@ -91,6 +97,10 @@ class Session:
         self._exit = "connection closed"
         self._paused = False
         self._unsent = 0
+        # This turn's lines, written in one go when the turn ends (see
+        # presence.server.outbox); None while empty, as nearly always.
+        self._out: list[bytes] | None = None
+        self._out_size = 0
         self._paused_call: IDelayedCall | None = None
         self._failsafe: IDelayedCall | None = None
         self._timeout: float | None = None
@@ -208,7 +218,7 @@ class Session:
             self.fatal(ProtocolError(ErrorCode.UNKNOWN))
         if self.v0 is not None and not self.closing:
             before = self.v0.pending
-            self.peer.write(self.v0.reply())
+            self._write(self.v0.reply())
             self.server.unsent += self.v0.pending - before
 
     def active(self) -> None:
@@ -274,6 +284,7 @@ class Session:
         self._drop_inbox()
         self._drop_unsent()
         self._drop_v0_events()
+        self._out = None  # the connection is gone: nowhere to write it
         for call in (self._paused_call, self._failsafe, self._next_turn):
             if call is not None and call.active():
                 call.cancel()
@@ -398,8 +409,34 @@ class Session:
             ):
                 self.slow_consumer()
                 return
-        self.server.work += 1
-        self.server.metrics.deliveries += 1
+        server = self.server
+        server.work += 1
+        server.metrics.deliveries += 1
+        out = self._out
+        if out is None:
+            self._out = [data]
+            self._out_size = len(data)
+            server.outbox.add(self)
+        else:
+            out.append(data)
+            self._out_size += len(data)
+            if self._out_size >= FLUSH_EARLY:
+                # Let the transport see it now: its buffer may be full, and
+                # then backpressure (and --max-buffer) counts what follows.
+                self.flush()
+
+    def flush(self) -> None:
+        """Write this turn's lines in one write (the outbox calls it)."""
+        out, self._out = self._out, None
+        if out is not None:
+            self.peer.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _write(self, data: bytes) -> None:
+        """Write C{data} now, after this turn's lines (so in order)."""
+        out, self._out = self._out, None
+        if out is not None:
+            out.append(data)
+            data = b"".join(out)
         self.peer.write(data)
 
     def slow_consumer(self) -> None:
@@ -445,9 +482,9 @@ class Session:
             )
         if self.v0 is not None:
             self._drop_v0_events()
-            self.peer.write(self.v0.fatal(error.code))
+            self._write(self.v0.fatal(error.code))
         else:
-            self.peer.write(wire.error(error.code, error.detail))
+            self._write(wire.error(error.code, error.detail))
         if abort or self._paused:
             self.closing = True
             self._set_timer(None)
@@ -461,6 +498,7 @@ class Session:
             return
         self.closing = True
         self._set_timer(None)
+        self.flush()
         self.peer.close()
         self._failsafe = self.server.clock.callLater(CLOSE_FAILSAFE, self.peer.abort)
 
