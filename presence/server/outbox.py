@@ -24,33 +24,30 @@ class Flushable(Protocol):
 
 
 class Outbox:
-    """The sessions with lines to write at the end of this reactor turn."""
+    """The sessions with lines to write at the end of this reactor turn.
 
-    __slots__ = ("_call", "_clock", "_dirty")
+    A session with a first line to write appends itself to C{dirty} and, if
+    C{call} is None, calls L{schedule} (C{Session.deliver} does it inline: it
+    runs once per delivery).  A session that flushed early (a large turn)
+    may come again; its later C{flush} finds nothing and writes nothing.
+    """
+
+    __slots__ = ("_clock", "call", "dirty")
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
-        self._dirty: list[Flushable] = []
-        self._call: IDelayedCall | None = None
+        self.dirty: list[Flushable] = []
+        self.call: IDelayedCall | None = None
 
-    def add(self, session: Flushable) -> None:
-        """C{session} has lines to write: flush it at the end of the turn.
-
-        A session that flushed early (a large turn) may come again; its
-        later C{flush} finds nothing and writes nothing.
-        """
-        self._dirty.append(session)
-        if self._call is None:
-            self._call = self._clock.callLater(0, self.flush)
+    def schedule(self) -> None:
+        """Flush when the reactor has handled this turn's events."""
+        self.call = self._clock.callLater(0, self.flush)
 
     def flush(self) -> None:
         """Write out every session added since the last flush, in that order."""
-        call, self._call = self._call, None
+        call, self.call = self.call, None
         if call is not None and call.active():
             call.cancel()  # flushed ahead of its turn (tests, shutdown)
-        dirty, self._dirty = self._dirty, []
+        dirty, self.dirty = self.dirty, []
         for session in dirty:
             session.flush()
-
-    def __len__(self) -> int:
-        return len(self._dirty)

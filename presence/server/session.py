@@ -100,7 +100,7 @@ class Session:
         # This turn's lines, written in one go when the turn ends (see
         # presence.server.outbox); None while empty, as nearly always.
         self._out: list[bytes] | None = None
-        self._out_size = 0
+        self._out_size = 0  # of the lines after the first
         self._paused_call: IDelayedCall | None = None
         self._failsafe: IDelayedCall | None = None
         self._timeout: float | None = None
@@ -414,27 +414,38 @@ class Session:
         server.metrics.deliveries += 1
         out = self._out
         if out is None:
+            # The common case, a lone line: no size kept (FLUSH_EARLY is
+            # about many), and the outbox's bookkeeping inlined.
             self._out = [data]
-            self._out_size = len(data)
-            server.outbox.add(self)
-        else:
-            out.append(data)
-            self._out_size += len(data)
-            if self._out_size >= FLUSH_EARLY:
-                # Let the transport see it now: its buffer may be full, and
-                # then backpressure (and --max-buffer) counts what follows.
-                self.flush()
+            outbox = server.outbox
+            outbox.dirty.append(self)
+            if outbox.call is None:
+                outbox.schedule()
+            return
+        out.append(data)
+        size = self._out_size + len(data)
+        self._out_size = size
+        if size >= FLUSH_EARLY:
+            # Let the transport see it now: its buffer may be full, and
+            # then backpressure (and --max-buffer) counts what follows.
+            self.flush()
 
     def flush(self) -> None:
         """Write this turn's lines in one write (the outbox calls it)."""
-        out, self._out = self._out, None
+        out = self._out
         if out is not None:
-            self.peer.write(out[0] if len(out) == 1 else b"".join(out))
+            self._out = None
+            if len(out) == 1:
+                self.peer.write(out[0])
+            else:
+                self._out_size = 0
+                self.peer.write(b"".join(out))
 
     def _write(self, data: bytes) -> None:
         """Write C{data} now, after this turn's lines (so in order)."""
         out, self._out = self._out, None
         if out is not None:
+            self._out_size = 0
             out.append(data)
             data = b"".join(out)
         self.peer.write(data)
