@@ -16,6 +16,9 @@ from __future__ import annotations
 from typing import Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+log = Logger()
 
 
 class Flushable(Protocol):
@@ -50,4 +53,8 @@ class Outbox:
             call.cancel()  # flushed ahead of its turn (tests, shutdown)
         dirty, self.dirty = self.dirty, []
         for session in dirty:
-            session.flush()
+            try:
+                session.flush()
+            except Exception:
+                # A bug in one front end must not keep the others' lines.
+                log.failure("writing a session's lines failed")

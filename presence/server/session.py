@@ -76,11 +76,10 @@ class Session:
     log = Logger()
     # Tens of thousands of these sit idle: no __dict__.
     __slots__ = (
-        "_exit", "_failsafe", "_inbox", "_next_turn", "_out", "_out_size", "_paused",
-        "_paused_call", "_pinged", "_queued", "_throttled", "_timeout", "_unsent",
-        "claim",
-        "closing", "deadline", "deadline_seq", "friends", "host", "peer",
-        "server", "user_id", "v0",
+        "_exit", "_failsafe", "_inbox", "_next_turn", "_out", "_out_size",
+        "_paused", "_paused_call", "_pinged", "_queued", "_throttled", "_timeout",
+        "_unsent", "claim", "closing", "deadline", "deadline_seq", "friends",
+        "host", "peer", "server", "user_id", "v0",
     )
 
     def __init__(self, server: Server, peer: IPeer) -> None:

@@ -131,6 +131,30 @@ class WriteTurnTests(SynchronousTestCase):
         self.assertEqual(writes, [])
         self.assertEqual([m["text"] for m in other.received()], ["gone"])
 
+    def test_failing_write_spares_the_others(self) -> None:
+        """A front end whose write raises loses its own lines only: the
+        sessions after it in the turn get theirs, and the error is logged."""
+        h = Harness()
+        first = h.login(100, [1])
+        second = h.login(101, [1])
+        talker = h.login(1)
+        first.received()
+        second.received()
+
+        class Broken:
+            def write(self, data: bytes) -> None:
+                raise RuntimeError("broken front end")
+
+        self.patch(first.session, "peer", Broken())
+        talker.send(status("x"))
+        one_turn(h.clock)
+        self.assertEqual([m["text"] for m in second.received()], ["x"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        talker.send(status("y"))
+        one_turn(h.clock)
+        self.assertEqual([m["text"] for m in second.received()], ["y"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
     def test_large_turn_goes_out_early(self) -> None:
         """A turn's lines reach the transport once they pass FLUSH_EARLY
         bytes, before the turn ends (so that Twisted can pause the session
