@@ -19,7 +19,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from presence.cluster import scripts
-from presence.cluster.bus import CHUNK, RedisBus
+from presence.cluster.bus import CHUNK, REAP_BATCH, RedisBus
 from presence.cluster.connection import RedisAddress
 from presence.cluster.redisserver import (
     RedisMissing,
@@ -368,6 +368,60 @@ class NodeFailure(RedisCase):
         await lb.until(lambda: 1 not in lb.view, ttl + 2)
         self.assertEqual(lb.states[-1].last_seen, 2.5)
         a.running = False
+
+    async def kill_with_many(self, n: int) -> tuple[RedisBus, Listener, int]:
+        """Node a holds users 1..n (user 7 also on b) and dies; b, which
+        follows them all, is the survivor.  Returns b, its listener and how
+        many APPLY calls b had made before the death."""
+        ttl = 1.0
+        a, _ = await self.node("a", ttl)
+        b, lb = await self.node("b", ttl)
+        for uid in range(1, n + 1):
+            a.publish(uid, Share(1), None, 1.0)
+        b.publish(7, Share(1), None, 1.0)
+        b.follow(range(1, n + 1))
+        await self.sync(a, b)
+        self.assertEqual(len(lb.view), n)
+        applies = b.stats["applies"]
+        a._beat.stop()
+        for svc in a._services:
+            svc.stopService()
+        self.addCleanup(setattr, a, "running", False)
+        await lb.until(lambda: set(lb.view) == {7}, ttl + 5)
+        await self.sync(b)
+        self.assertEqual(
+            sorted(s.uid for s in lb.states if not s.present),
+            [uid for uid in range(1, n + 1) if uid != 7],
+        )
+        self.assertEqual(self.redis.command("HGETALL", scripts.DEAD), [])
+        return b, lb, applies
+
+    @async_test
+    async def test_dead_node_cleanup_batched(self) -> None:
+        """A dead node's users are removed REAP_BATCH per script, not one
+        script each: each goes offline once, a user also on the survivor
+        stays online."""
+        n = 2 * REAP_BATCH + 50
+        b, _, applies = await self.kill_with_many(n)
+        self.assertEqual(b.stats["reap_scripts"], 3)
+        self.assertEqual(b.stats["applies"], applies)
+
+    @async_test
+    async def test_dead_node_cleanup_one_by_one_on_crossslot(self) -> None:
+        """Where Redis refuses a script over several users' slots (CROSSSLOT,
+        Redis Cluster), the cleanup falls back to one script per user."""
+        refusing = scripts.Script(
+            "reap_many",
+            "return redis.error_reply('CROSSSLOT Keys in request do not hash "
+            "to the same slot')",
+        )
+        self.patch(scripts, "REAP_MANY", refusing)
+        self.patch(scripts, "SCRIPTS", tuple(
+            refusing if s.name == "reap_many" else s for s in scripts.SCRIPTS))
+        n = REAP_BATCH + 20
+        b, _, applies = await self.kill_with_many(n)
+        self.assertEqual(b.stats["reap_scripts"], 2)
+        self.assertEqual(b.stats["applies"] - applies, n)
 
     @async_test
     async def test_back_elsewhere_before_death_noticed(self) -> None:
