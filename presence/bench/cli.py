@@ -150,8 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.cluster:
         from presence.bench.cluster import ClusterBench
         from presence.bench.cluster_report import cluster_targets, print_cluster
+        from presence.cluster.redisserver import RedisMissing
 
-        results = ClusterBench(opts, args.cluster).run()
+        try:
+            results = ClusterBench(opts, args.cluster).run()
+        except RedisMissing as e:
+            raise SystemExit(f"presence-bench: --cluster: {e}") from None
         results["targets"] = cluster_targets(results)
     else:
         results = Bench(opts).run()
