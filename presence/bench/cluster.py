@@ -34,6 +34,10 @@ class NodesProbe(Probe):
         super().__init__(pids[0])
         self.probes = [Probe(pid) for pid in pids]
 
+    def each(self) -> list[float]:
+        """Each node's CPU seconds so far (which node was the busy one)."""
+        return [p.sample().cpu for p in self.probes]
+
     def sample(self) -> Sample:
         samples = [p.sample() for p in self.probes]
         return Sample(sum(s.cpu for s in samples), sum(s.rss for s in samples),
@@ -84,6 +88,7 @@ class ClusterBench(Bench):
         self.node_servers: list[LaunchedServer] = []
         self.redis: RedisServer | None = None
         self.redis_probe: Probe | None = None
+        self.nodes_probe: NodesProbe | None = None
         self.redis_idle_rate = 0.0  # Redis CPU s/s in the hold phase
         self.graph: list[list[int]] = []
 
@@ -137,7 +142,8 @@ class ClusterBench(Bench):
     def setup(self) -> None:
         super().setup()
         o = self.opts
-        self.probe = NodesProbe([n.pid for n in self.node_servers])
+        self.nodes_probe = NodesProbe([n.pid for n in self.node_servers])
+        self.probe = self.nodes_probe
         self.graph = friend_graph(o.users, o.friends, o.seed, self.nodes)
         assert self.redis is not None and self.redis.proc is not None
         version = self.redis.info("server").get("redis_version")
@@ -200,9 +206,12 @@ class ClusterBench(Bench):
         self, tag: str, kind: str, command: tuple[Any, ...], seconds: float,
         label: str,
     ) -> dict[str, Any]:
-        cpu, t0 = self.redis_cpu(), time.monotonic()
+        assert self.nodes_probe is not None
+        cpu, each, t0 = self.redis_cpu(), self.nodes_probe.each(), time.monotonic()
         res = super().run_events(tag, kind, command, seconds, label)
         used, wall = self.redis_cpu() - cpu, time.monotonic() - t0
+        res["node_cpu_fraction"] = [
+            (b - a) / wall for a, b in zip(each, self.nodes_probe.each(), strict=True)]
         res["redis_cpu_s"] = used
         changes = res["events_sent"]
         if changes:

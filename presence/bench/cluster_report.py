@@ -78,7 +78,7 @@ def print_cluster(results: dict[str, Any], out: TextIO) -> None:
     )
     rows = [["phase", "changes/s", "deliveries/s", "cross p50 ms", "cross p99 ms",
              "nodes cpu us/deliv (net)", "redis cpu us/change (net)",
-             "redis cores", "lost", "duplicated"]]
+             "node cores", "redis cores", "lost", "duplicated"]]
     for p in results.get("fanout") or []:
         check = p.get("exactly_once") or {}
         rows.append([
@@ -88,6 +88,7 @@ def print_cluster(results: dict[str, Any], out: TextIO) -> None:
             f"({_fmt(p.get('cpu_us_per_delivery_net'))})",
             f"{_fmt(p.get('redis_cpu_us_per_change'))} "
             f"({_fmt(p.get('redis_cpu_us_per_change_net'))})",
+            "/".join(f"{c:.2f}" for c in p.get("node_cpu_fraction") or []),
             _fmt(_get(p, "loadgen", "redis_cpu_cores")),
             _fmt(check.get("lost")), _fmt(check.get("duplicated")),
         ])
