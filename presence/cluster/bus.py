@@ -799,7 +799,7 @@ class RedisBus(service.Service):
         sub = self._sub
         if sub is not None:
             if sub.pings and self._ping_sent is not None:
-                if now - self._ping_sent > self.silence:
+                if self._silent(sub, self._ping_sent, now):
                     log.warn("Redis subscriber connection silent: dropping it")
                     sub.transport.abortConnection()
             else:
@@ -809,7 +809,7 @@ class RedisBus(service.Service):
         if cmd is None or not self._registered or self._recovering:
             return  # (the recovery refreshes the liveness itself)
         if self._beat_sent is not None:
-            if now - self._beat_sent > self.silence:
+            if self._silent(cmd, self._beat_sent, now):
                 log.warn("Redis command connection silent: dropping it")
                 cmd.transport.abortConnection()
             return
@@ -817,6 +817,16 @@ class RedisBus(service.Service):
         d = self._heartbeat(cmd, "beat")
         d.addCallback(self._beaten, cmd, self._generation)
         self._send(d)
+
+    def _silent(self, conn: Any, sent: float, now: float) -> bool:
+        """Whether C{conn}, asked at C{sent}, has said nothing at all for
+        C{silence} seconds.  Any reply counts, not only the one awaited: a
+        node short of CPU reads its events seconds late, and dropping a
+        connection that still delivers them would turn a slow node into an
+        outage (a resync that tells watchers only the difference)."""
+        if conn.received != conn.counted:
+            conn.counted, conn.heard = conn.received, now
+        return now - max(sent, conn.heard) > self.silence
 
     def _beaten(
         self, reply: list[Any], cmd: CommandConnection, generation: int

@@ -686,3 +686,66 @@ class RedisOutage(RedisCase):
         a.publish(1, Share(1), None, 1.0)
         await lb.until(lambda: 1 in lb.view, 10)
         self.assertEqual(self.redis.command("HGET", scripts.state_key(1), "p"), b"1")
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+
+class _Subscriber:
+    """What the bus's liveness check reads of a subscriber connection."""
+
+    received = 0
+    counted = 0
+    heard = 0.0
+
+    def __init__(self) -> None:
+        self.transport = _Transport()
+        self.pings = 0
+
+    def ping(self) -> defer.Deferred[None]:
+        self.pings += 1
+        return defer.Deferred()
+
+
+class Silence(unittest.SynchronousTestCase):
+    """The liveness check tells a silent connection from a slow one."""
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.bus = RedisBus(RedisAddress.parse("redis://127.0.0.1:1/0"), "n",
+                            10.0, reactor=self.clock)
+        self.sub = _Subscriber()
+        self.bus._sub = self.sub  # type: ignore[assignment]
+
+    def tick(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.bus._tick()
+
+    def test_silent_connection_dropped(self) -> None:
+        """A PING unanswered, and nothing else received, for longer than
+        `silence` seconds: the connection is dropped, not before."""
+        self.tick(0)
+        self.assertEqual(self.sub.pings, 1)
+        while self.clock.seconds() <= self.bus.silence:
+            self.assertFalse(self.sub.transport.aborted)
+            self.tick(self.bus.interval)
+        self.assertTrue(self.sub.transport.aborted)
+
+    def test_backlogged_connection_kept(self) -> None:
+        """A PING whose answer waits behind events still arriving (a node
+        short of CPU reading a backlog) does not drop the connection; once
+        the events stop too, it is dropped."""
+        self.tick(0)
+        for _ in range(int(3 * self.bus.silence / self.bus.interval)):
+            self.sub.received += 7
+            self.tick(self.bus.interval)
+            self.assertFalse(self.sub.transport.aborted)
+        self.assertEqual(self.sub.pings, 1)
+        while self.clock.seconds() <= 4 * self.bus.silence + self.bus.interval:
+            self.tick(self.bus.interval)
+        self.assertTrue(self.sub.transport.aborted)
