@@ -64,6 +64,10 @@ def cluster_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _raw_net(phase: dict[str, Any], key: str) -> str:
+    return f"{_fmt(phase.get(key))} ({_fmt(phase.get(key + '_net'))})"
+
+
 def print_cluster(results: dict[str, Any], out: TextIO) -> None:
     """The cluster's own figures, after the single-server report."""
     cluster = results.get("cluster") or {}
@@ -84,10 +88,7 @@ def print_cluster(results: dict[str, Any], out: TextIO) -> None:
         rows.append([
             p["label"], _fmt(p.get("events_per_s")), _fmt(p.get("deliveries_per_s")),
             _fmt(_get(p, "latency", "p50_ms")), _fmt(_get(p, "latency", "p99_ms")),
-            f"{_fmt(p.get('cpu_us_per_delivery'))} "
-            f"({_fmt(p.get('cpu_us_per_delivery_net'))})",
-            f"{_fmt(p.get('redis_cpu_us_per_change'))} "
-            f"({_fmt(p.get('redis_cpu_us_per_change_net'))})",
+            _raw_net(p, "cpu_us_per_delivery"), _raw_net(p, "redis_cpu_us_per_change"),
             "/".join(f"{c:.2f}" for c in p.get("node_cpu_fraction") or []),
             _fmt(_get(p, "loadgen", "redis_cpu_cores")),
             _fmt(check.get("lost")), _fmt(check.get("duplicated")),
