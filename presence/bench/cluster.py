@@ -20,7 +20,7 @@ import os
 import time
 from typing import Any
 
-from presence.bench.graph import cross_fraction, friend_graph
+from presence.bench.graph import cross_fraction
 from presence.bench.launch import LaunchedServer
 from presence.bench.runner import Bench, Options
 from presence.bench.server import Probe, Sample
@@ -90,7 +90,6 @@ class ClusterBench(Bench):
         self.redis_probe: Probe | None = None
         self.nodes_probe: NodesProbe | None = None
         self.redis_idle_rate = 0.0  # Redis CPU s/s in the hold phase
-        self.graph: list[list[int]] = []
 
     def redis_cpu(self) -> float:
         """Redis's CPU seconds so far: from /proc/PID/schedstat, in
@@ -141,10 +140,8 @@ class ClusterBench(Bench):
 
     def setup(self) -> None:
         super().setup()
-        o = self.opts
         self.nodes_probe = NodesProbe([n.pid for n in self.node_servers])
         self.probe = self.nodes_probe
-        self.graph = friend_graph(o.users, o.friends, o.seed, self.nodes)
         assert self.redis is not None and self.redis.proc is not None
         version = self.redis.info("server").get("redis_version")
         self.results["cluster"] = {

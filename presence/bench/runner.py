@@ -146,6 +146,7 @@ class Bench:
         self.opts = opts
         self.server: LaunchedServer | None = None
         self.nodes = 1  # servers the users are spread over (user u: u % nodes)
+        self.graph: list[list[int]] = []  # the friend graph the workers use
         self.probe: Probe | None = None
         self.pipes: list[Connection] = []
         self.procs: list[Any] = []
@@ -377,7 +378,7 @@ class Bench:
             "seed": o.seed,
             "timeout": o.timeout if launching else None,
         }
-        graph = friend_graph(o.users, o.friends, o.seed, self.nodes)
+        self.graph = graph = friend_graph(o.users, o.friends, o.seed, self.nodes)
         degrees = [len(f) for f in graph[1:]]
         self.results["meta"]["graph"] = {
             "edges": sum(degrees) // 2,
