@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, default=None, help="write a PNG plot here")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars on stderr")
+    p.add_argument("--cluster", type=int, default=0, metavar="N",
+                   help="start a redis-server and N nodes with --redis; user u "
+                   "connects to node u %% N, most friends on other nodes "
+                   "(docs/cluster.rst, 'Benchmark')")
     return p
 
 
@@ -109,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("presence-bench: --users must be 2..1000000")
     if args.workers < 1 or args.workers > 64:
         raise SystemExit("presence-bench: --workers must be 1..64")
+    if args.cluster and (args.cluster < 2 or args.cluster > 16 or args.server):
+        raise SystemExit("presence-bench: --cluster must be 2..16, without --server")
     server = None
     if args.server:
         try:
@@ -141,9 +147,22 @@ def main(argv: list[str] | None = None) -> int:
         server_log=args.server_log,
         wait_quiet=args.wait_quiet,
     )
-    results = Bench(opts).run()
-    results["targets"] = targets(results)
+    if args.cluster:
+        from presence.bench.cluster import ClusterBench
+        from presence.bench.cluster_report import cluster_targets, print_cluster
+        from presence.cluster.redisserver import RedisMissing
+
+        try:
+            results = ClusterBench(opts, args.cluster).run()
+        except RedisMissing as e:
+            raise SystemExit(f"presence-bench: --cluster: {e}") from None
+        results["targets"] = cluster_targets(results)
+    else:
+        results = Bench(opts).run()
+        results["targets"] = targets(results)
     print_report(results, sys.stdout)
+    if args.cluster:
+        print_cluster(results, sys.stdout)
     if args.out:
         write_json(results, args.out)
     if args.plot:

@@ -145,6 +145,8 @@ class Bench:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
         self.server: LaunchedServer | None = None
+        self.nodes = 1  # servers the users are spread over (user u: u % nodes)
+        self.graph: list[list[int]] = []  # the friend graph the workers use
         self.probe: Probe | None = None
         self.pipes: list[Connection] = []
         self.procs: list[Any] = []
@@ -289,6 +291,33 @@ class Bench:
 
     # -- setup ----------------------------------------------------------------
 
+    def server_options(self, limit: int) -> list[str]:
+        """The options of a server the bench starts (C{limit}: its file limit)."""
+        o = self.opts
+        max_conn = min(o.users + 200, max(o.users, limit - 64))
+        return [
+            "--timeout", f"{o.timeout:g}",
+            "--max-connections", str(max_conn),
+            "--max-per-ip", str(o.users + 200),
+            *o.server_args,
+        ]
+
+    def launch(self, limit: int) -> LaunchedServer:
+        """Start the server under test; the load generator connects to it."""
+        return LaunchedServer.for_bench(
+            self.server_options(limit), log_path=self.opts.server_log,
+            cpus=self.server_cpus or None,
+        )
+
+    def worker_config(self) -> dict[str, Any]:
+        """What the load workers need beyond the single server's address."""
+        return {}
+
+    def annotate(self, kind: str, res: dict[str, Any],
+                 replies: list[dict[str, Any]]) -> None:
+        """Add a subclass's own figures to a phase's C{res}, from the workers'
+        C{collect} C{replies}."""
+
     def setup(self) -> None:
         o = self.opts
         loadgen.raise_nofile()
@@ -303,21 +332,12 @@ class Bench:
         pid: int | None
         if launching:
             limit = loadgen.raise_nofile()
-            max_conn = min(o.users + 200, max(o.users, limit - 64))
             if o.users + 50 > limit:
                 self.notes.append(
                     f"file limit {limit} is below users+50: the server may run "
                     "out of file descriptors"
                 )
-            options = [
-                "--timeout", f"{o.timeout:g}",
-                "--max-connections", str(max_conn),
-                "--max-per-ip", str(o.users + 200),
-                *o.server_args,
-            ]
-            self.server = LaunchedServer.for_bench(
-                options, log_path=o.server_log, cpus=self.server_cpus or None
-            )
+            self.server = self.launch(limit)
             host, port, pid = self.server.host, self.server.port, self.server.pid
         else:
             assert o.server is not None
@@ -358,7 +378,7 @@ class Bench:
             "seed": o.seed,
             "timeout": o.timeout if launching else None,
         }
-        graph = friend_graph(o.users, o.friends, o.seed)
+        self.graph = graph = friend_graph(o.users, o.friends, o.seed, self.nodes)
         degrees = [len(f) for f in graph[1:]]
         self.results["meta"]["graph"] = {
             "edges": sum(degrees) // 2,
@@ -378,6 +398,7 @@ class Bench:
             "friends": o.friends,
             "seed": o.seed,
             "cpus": sorted(self.load_cpus) if self.server_cpus else None,
+            **self.worker_config(),
         }
         for i in range(o.workers):
             parent, child = ctx.Pipe()
@@ -646,6 +667,7 @@ class Bench:
         usage["behind_schedule"] = behind
         usage["saturated"] = bool(usage["saturated"] or behind)
         res["loadgen"] = usage
+        self.annotate(kind, res, got)
         return res
 
     def phase_fanout(self) -> None:
