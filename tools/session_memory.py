@@ -46,12 +46,17 @@ def main() -> None:
     parser.add_argument("--lines", action="store_true", help="by line, not file")
     args = parser.parse_args()
 
-    from twisted.logger import globalLogBeginner
+    from twisted.logger import ILogObserver, LogEvent, globalLogBeginner
+    from zope.interface import provider
 
     from presence.test.support import Harness
 
+    @provider(ILogObserver)
+    def discard(event: LogEvent) -> None:
+        pass
+
     # With no observer Twisted buffers every event (and what it names).
-    globalLogBeginner.beginLoggingTo([lambda event: None], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([discard], redirectStandardIO=False)
 
     harness = Harness(max_per_ip=1_000_000, max_connections=1_000_000)
     graph = friend_graph(args.sessions, args.friends, 1)

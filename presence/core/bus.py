@@ -9,6 +9,13 @@ A listener may publish while it is being told of a change (a delivery that
 ends a session ends its user's share): such a publish is queued and handled
 when the current one is done, so that every listener hears every user's
 states in the order they happened.
+
+A hub with one node (a server without a cluster) stores less: a user's
+record is its L{UserState} alone (one node's share follows from it: its
+session count and list), and the node is told of every user's changes
+rather than only of those it follows, so following costs nothing (the
+registry ignores users nobody watches, as L{IStateListener} allows).  The
+second node's bus turns that into the general form.
 """
 
 from __future__ import annotations
@@ -78,10 +85,14 @@ class MemoryHub:
     """Shares and states of every user, for the nodes joined to it."""
 
     def __init__(self) -> None:
-        self._records: dict[int, _Record] = {}
+        # A bare UserState: held by the only node (see the module doc).
+        self._records: dict[int, _Record | UserState] = {}
         # The users each node follows: a set per node, so that a watch list
-        # of 10,000 ids is followed and unfollowed in one C-level call.
-        self._follows: dict[str, set[int]] = {}
+        # of 10,000 ids is followed and unfollowed in one C-level call;
+        # None for a node that follows every user (the only node).
+        self._follows: dict[str, set[int] | None] = {}
+        # The node of the first bus while no other bus was made.
+        self._solo: str | None = None
         self._buses: dict[str, MemoryBus] = {}
         self._version = 0
         self._queue: deque[Callable[[], None]] = deque()
@@ -89,17 +100,32 @@ class MemoryHub:
 
     def bus(self, node: str = "local") -> MemoryBus:
         """The bus of node C{node} (one per node)."""
+        if not self._buses:
+            self._solo = node
+        elif self._solo is not None and node != self._solo:
+            records, solo = self._records, self._solo
+            for uid, record in records.items():
+                records[uid] = self._open(record, solo)
+            self._solo = None
         bus = self._buses[node] = MemoryBus(self, node)
         return bus
 
     def state(self, uid: int) -> UserState | None:
         record = self._records.get(uid)
-        return record.state if record is not None else None
+        if record is None or isinstance(record, UserState):
+            return record
+        return record.state
 
     def node_lost(self, node: str, at: float) -> None:
         """Node C{node} is gone: drop its shares (users last seen at C{at})."""
         self._buses.pop(node, None)
-        for uid in [u for u, r in self._records.items() if r.holds(node)]:
+        solo = self._solo
+        held = [
+            u
+            for u, r in self._records.items()
+            if (node == solo if isinstance(r, UserState) else r.holds(node))
+        ]
+        for uid in held:
             self.publish(node, uid, None, None, at)
         self._follows.pop(node, None)
 
@@ -117,22 +143,22 @@ class MemoryHub:
 
     def follow(self, node: str, uids: Iterable[int]) -> None:
         uids = list(uids)
-        follows = self._follows.get(node)
-        if follows is None:
-            follows = self._follows[node] = set()
-        follows.update(uids)
+        if node not in self._follows:
+            self._follows[node] = None if node == self._solo else set()
+        follows = self._follows[node]
+        if follows is not None:
+            follows.update(uids)
 
         def tell() -> None:
             bus = self._buses.get(node)
-            if bus is None or bus.listener is None:
+            if bus is None or bus.listener is None or node not in self._follows:
                 return
-            follows = self._follows.get(node)
-            records = self._records
+            follows = self._follows[node]
             # Most of a long new list is usually absent: skip those in C.
-            for uid in filter(records.__contains__, uids):
-                record = records.get(uid)
-                if record is not None and follows and uid in follows:
-                    bus.listener.user_changed(record.state)
+            for uid in filter(self._records.__contains__, uids):
+                state = self.state(uid)
+                if state is not None and (follows is None or uid in follows):
+                    bus.listener.user_changed(state)
 
         self._run(tell)
 
@@ -143,7 +169,20 @@ class MemoryHub:
 
     def _nodes(self, uid: int) -> list[str]:
         """The nodes that follow C{uid}."""
-        return [node for node, follows in self._follows.items() if uid in follows]
+        return [
+            node
+            for node, follows in self._follows.items()
+            if follows is None or uid in follows
+        ]
+
+    def _open(self, record: _Record | UserState, node: str | None) -> _Record:
+        """The general form of a record (a bare state is C{node}'s alone)."""
+        if not isinstance(record, UserState):
+            return record
+        assert node is not None
+        opened = _Record(record)
+        opened.put(node, Share(record.sessions, record.listed))
+        return opened
 
     # -- internals -------------------------------------------------------------
 
@@ -167,6 +206,8 @@ class MemoryHub:
         at: float,
     ) -> None:
         record = self._records.get(uid)
+        if record is not None:
+            record = self._open(record, self._solo)
         if share is None:
             if record is None or not record.holds(node):
                 return  # nothing held here (a ghost another node replaced)
@@ -192,6 +233,12 @@ class MemoryHub:
             else:
                 record.put(node, share)
         self._settle(record, change, at)
+        if record.state.present:
+            solo = self._solo
+            if solo is not None and record.many is None and record.node == solo:
+                self._records[uid] = record.state  # the share follows from it
+            else:
+                self._records[uid] = record
 
     def _settle(self, record: _Record, change: StatusChange | None, at: float) -> None:
         old = record.state

@@ -20,15 +20,24 @@ session's own list changes touch only the ids that changed.
 
 Memory model: a server holds tens of thousands of idle sessions, so their
 state is kept compact.  A watch list is an C{array('q')} (8 bytes an id, no
-int objects); the reverse index holds a plain list of sessions per watched
-user, and switches to a set only past L{SMALL} watchers, where removal by
-scanning would cost.
+int objects); the reverse index holds the session itself for a user watched
+by one session here, a plain list from two, and a set only past L{SMALL}
+watchers, where removal by scanning would cost.  A user's L{Share} without
+a list or a ghost is one object per session count, shared by every user.
+
+Time model for long lists: a list replaced by another (or a login with
+10,000 ids) is mostly ids that no other session here watches; those go in
+and out of the reverse index and the bus in C-level bulk calls, and only
+ids shared with other sessions cost a Python-level step each.
 """
 
 from __future__ import annotations
 
 from array import array
+from collections import deque
 from collections.abc import Iterable, Sequence
+from itertools import compress, filterfalse, repeat
+from operator import is_
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
@@ -54,6 +63,29 @@ _NO_IDS = array("q")
 _EMPTY: frozenset[int] = frozenset()
 _NO_CHANGE = StatusChange(None, None)
 
+# The watchers of one user on this node: one session, a list, or a set.
+_Watchers = ISession | list[ISession] | set[ISession]
+
+# Shares with no list and no ghost, by session count: most users' share is
+# one of these few objects.
+_PLAIN: dict[int, Share] = {}
+
+
+def _share(sessions: int, listed: frozenset[int], ended_at: float) -> Share:
+    if listed or ended_at:
+        return Share(sessions, listed, ended_at)
+    share = _PLAIN.get(sessions)
+    if share is None:
+        share = _PLAIN[sessions] = Share(sessions)
+    return share
+
+
+def _each(watchers: _Watchers) -> tuple[ISession, ...]:
+    """The sessions, copied: a delivery may end one and change the index."""
+    if isinstance(watchers, (list, set)):
+        return tuple(watchers)
+    return (watchers,)
+
 
 def id_list(ids: Iterable[int]) -> IdList:
     """The compact form of a watch list that the registry keeps."""
@@ -63,39 +95,36 @@ def id_list(ids: Iterable[int]) -> IdList:
 class _Local:
     """A user with sessions on this node, or a ghost in its offline grace."""
 
-    __slots__ = ("ended_at", "ghost", "grace", "listed", "sessions", "share", "uid")
+    __slots__ = ("ghost", "listed", "sessions", "share", "uid")
 
     def __init__(self, uid: int) -> None:
         self.uid = uid
-        self.sessions: list[ISession] = []
+        # Only counted: the registry never needs one user's sessions (the
+        # watch index and the server hold them), and a list costs 56 bytes.
+        self.sessions = 0
         # Mutual mode only: how many of this user's lists (sessions and
         # ghost) hold each id.
         # (None until something is listed: open mode never needs it.)
         self.listed: dict[int, int] | None = None
-        # Offline grace: the last session's list and when it ended, kept until
-        # the grace runs out or a session comes back.
-        self.ghost: IdList = _NO_IDS
-        self.ended_at = 0.0
-        self.grace: IDelayedCall | None = None
+        self.ghost: _Ghost | None = None  # while the offline grace runs
         self.share: Share | None = None  # as last published
 
+    @property
+    def ended_at(self) -> float:
+        return self.ghost.ended_at if self.ghost is not None else 0.0
 
-class _Known:
-    """A followed user's state as last heard, with its encoded online event."""
 
-    __slots__ = ("line", "state")
+class _Ghost:
+    """The offline grace of a user whose last session here ended: that
+    session's list, when it ended, and the timer (only while it runs, so
+    that other users carry none of it)."""
 
-    def __init__(self, state: UserState) -> None:
-        self.state = state
-        self.line: bytes | None = None
+    __slots__ = ("call", "ended_at", "watch")
 
-    def online_line(self) -> bytes:
-        # One encoding, shared by the fan-out and every later snapshot.
-        line = self.line
-        if line is None:
-            state = self.state
-            line = self.line = wire.online(state.uid, state.status, state.text)
-        return line
+    def __init__(self, watch: IdList, ended_at: float, call: IDelayedCall) -> None:
+        self.watch = watch
+        self.ended_at = ended_at
+        self.call = call
 
 
 @implementer(IStateListener)
@@ -116,8 +145,9 @@ class Registry:
         self.bus: IBus = bus if bus is not None else MemoryHub().bus()
         self._local: dict[int, _Local] = {}
         self._watching: dict[ISession, IdList] = {}
-        self._watchers: dict[int, list[ISession] | set[ISession]] = {}
-        self._known: dict[int, _Known] = {}
+        self._watchers: dict[int, _Watchers] = {}
+        # Followed users' states as last heard (present ones only).
+        self._known: dict[int, UserState] = {}
         self._stopping = False
         # While a session's newly watched users are followed: that session
         # and its snapshot lines, so that the snapshot is one write.
@@ -132,7 +162,7 @@ class Registry:
         if state is not None:
             return state.sessions
         local = self._local.get(uid)
-        return len(local.sessions) if local else 0
+        return local.sessions if local else 0
 
     def is_online(self, uid: int) -> bool:
         state = self.bus.known(uid)
@@ -171,13 +201,13 @@ class Registry:
         local = self._local.get(uid)
         if local is None:
             local = self._local[uid] = _Local(uid)
-        if local.grace is not None:
+        ghost = local.ghost
+        if ghost is not None:
             # Back within the grace: never offline.  Drop the old list's claim.
-            local.grace.cancel()
-            local.grace = None
-            self._unlist(local, local.ghost)
-            local.ghost = _NO_IDS
-        local.sessions.append(session)
+            ghost.call.cancel()
+            local.ghost = None
+            self._unlist(local, ghost.watch)
+        local.sessions += 1
         self._watching[session] = watch
         self._list(local, watch)
         self._publish(local, change)
@@ -194,7 +224,7 @@ class Registry:
             return
         self._unwatch(session, watch)
         local = self._local[session.user_id]
-        local.sessions.remove(session)
+        local.sessions -= 1
         if local.sessions:
             self._unlist(local, watch)
             self._publish(local, None)
@@ -203,11 +233,8 @@ class Registry:
         state = self.bus.known(local.uid)
         invisible = state is not None and state.status == INVISIBLE
         if self.offline_grace > 0 and not self._stopping and not invisible:
-            local.ghost = watch
-            local.ended_at = now
-            local.grace = self.clock.callLater(
-                self.offline_grace, self._grace_over, local
-            )
+            call = self.clock.callLater(self.offline_grace, self._grace_over, local)
+            local.ghost = _Ghost(watch, now, call)
             self._publish(local, None)
         else:
             self._unlist(local, watch)
@@ -219,6 +246,8 @@ class Registry:
     def set_watch(self, session: ISession, watch: Iterable[int]) -> None:
         """Replace a session's watch list; snapshot the newly watched."""
         old = self._watching[session]
+        if type(watch) is array and watch == old:
+            return  # re-sent as it was (older clients do, every second)
         new_set, old_set = set(watch), set(old)
         added, removed = new_set - old_set, old_set - new_set
         if not added and not removed:
@@ -240,12 +269,13 @@ class Registry:
         """The server is stopping: tell nobody about anybody from now on."""
         self._stopping = True
         for local in list(self._local.values()):
-            if local.grace is not None:
-                local.grace.cancel()
-                local.grace = None
+            ghost = local.ghost
+            if ghost is not None:
+                ghost.call.cancel()
+                local.ghost = None
                 if not local.sessions:
-                    self._unlist(local, local.ghost)
-                    self._leave(local, local.ended_at)
+                    self._unlist(local, ghost.watch)
+                    self._leave(local, ghost.ended_at)
 
     # -- what the bus tells -------------------------------------------------
 
@@ -255,20 +285,18 @@ class Registry:
         if watchers is None:
             return  # nobody here watches this user any more
         known = self._known.get(uid)
-        new = _Known(state)
         if state.present:
-            self._known[uid] = new
+            self._known[uid] = state
         elif known is not None:
             del self._known[uid]
         gather = self._gather
-        if gather is not None and known is None and len(watchers) == 1:
+        if gather is not None and known is None and watchers is gather[0]:
             session, lines = gather
-            if session in watchers:
-                if state.seen_by(session.user_id, self.mutual):
-                    lines.append(new.online_line())
-                return
+            if state.seen_by(session.user_id, self.mutual):
+                lines.append(state.online_line())
+            return
         if not self._stopping:
-            self._tell(watchers, known, new)
+            self._tell(watchers, known, state)
 
     def resync(self, states: Sequence[UserState]) -> None:
         by_uid = {state.uid: state for state in states}
@@ -282,7 +310,7 @@ class Registry:
     # -- internals ----------------------------------------------------------
 
     def _publish(self, local: _Local, change: StatusChange | None) -> None:
-        sessions = len(local.sessions)
+        sessions = local.sessions
         listed = frozenset(local.listed) if local.listed else _EMPTY
         share = local.share
         if (
@@ -291,9 +319,7 @@ class Registry:
             or share.listed != listed
             or (not sessions and share.ended_at != local.ended_at)
         ):
-            share = local.share = Share(
-                sessions, listed, local.ended_at if not sessions else 0.0
-            )
+            share = local.share = _share(sessions, listed, local.ended_at)
         elif change is None:
             return
         self.bus.publish(local.uid, share, change, self.clock.seconds())
@@ -305,31 +331,35 @@ class Registry:
         self.bus.publish(local.uid, None, None, last_seen)
 
     def _grace_over(self, local: _Local) -> None:
-        local.grace = None
-        self._unlist(local, local.ghost)
-        local.ghost = _NO_IDS
-        self._leave(local, local.ended_at)
+        ghost = local.ghost
+        assert ghost is not None
+        local.ghost = None
+        self._unlist(local, ghost.watch)
+        self._leave(local, ghost.ended_at)
 
     def _watch(self, session: ISession, uids: Iterable[int]) -> None:
         """Add C{session} as a watcher of C{uids}: snapshot, follow the new."""
+        if type(uids) is not array and type(uids) is not list:
+            uids = list(uids)
         watchers, known, me = self._watchers, self._known, session.user_id
         mutual = self.mutual
+        # Ids nobody here watches yet go in (and to the bus) in bulk.
+        shared = list(filter(watchers.__contains__, uids))
+        new = list(filterfalse(watchers.__contains__, uids) if shared else uids)
+        watchers.update(zip(new, repeat(session)))
         lines: list[bytes] = []
-        new: list[int] = []
-        for uid in uids:
-            sessions = watchers.get(uid)
-            if sessions is None:
-                watchers[uid] = [session]
-                new.append(uid)
-                continue
-            if type(sessions) is list:
+        for uid in shared:
+            sessions = watchers[uid]
+            if isinstance(sessions, list):
                 sessions.append(session)
                 if len(sessions) > SMALL:
                     watchers[uid] = set(sessions)
+            elif isinstance(sessions, set):
+                sessions.add(session)
             else:
-                sessions.add(session)  # type: ignore[union-attr]
+                watchers[uid] = [sessions, session]
             k = known.get(uid)
-            if k is not None and k.state.seen_by(me, mutual):
+            if k is not None and k.seen_by(me, mutual):
                 lines.append(k.online_line())
         if new:
             # The bus answers with the state of each that is present (an
@@ -343,22 +373,29 @@ class Registry:
             session.deliver(b"".join(lines))
 
     def _unwatch(self, session: ISession, uids: Iterable[int]) -> None:
-        gone: list[int] = []
+        if type(uids) is not array and type(uids) is not list:
+            uids = list(uids)
         watchers = self._watchers
-        for uid in uids:
-            sessions = watchers.get(uid)
-            if sessions is None:
-                continue
-            if type(sessions) is list:
+        # Ids that only this session watched leave in bulk.
+        gone = list(
+            compress(uids, map(is_, map(watchers.get, uids), repeat(session)))
+        )
+        deque(map(watchers.__delitem__, gone), 0)
+        for uid in filter(watchers.__contains__, uids):
+            sessions = watchers[uid]
+            if isinstance(sessions, list):
                 if session in sessions:
                     sessions.remove(session)
+            elif isinstance(sessions, set):
+                sessions.discard(session)
             else:
-                sessions.discard(session)  # type: ignore[union-attr]
-            if not sessions:
-                del watchers[uid]
-                self._known.pop(uid, None)
-                gone.append(uid)
+                continue  # another session's alone
+            if len(sessions) == 1:
+                (watchers[uid],) = sessions
         if gone:
+            known = self._known
+            if known:
+                deque(map(known.pop, gone, repeat(None)), 0)
             self.bus.unfollow(gone)
 
     def _list(self, local: _Local, ids: Iterable[int]) -> None:
@@ -387,13 +424,11 @@ class Registry:
 
     def _tell(
         self,
-        watchers: list[ISession] | set[ISession],
-        old: _Known | None,
-        new: _Known,
+        watchers: _Watchers,
+        before: UserState | None,
+        state: UserState,
     ) -> None:
         """Tell each watcher whose view of the user changed, once."""
-        state = new.state
-        before = old.state if old is not None else None
         restated = before is not None and (before.status, before.text) != (
             state.status,
             state.text,
@@ -401,22 +436,21 @@ class Registry:
         if not self.mutual:
             was = before is not None and before.visible
             if state.visible and (not was or restated):
-                line = new.online_line()
+                line = state.online_line()
             elif was and not state.visible:
                 line = wire.offline(state.uid, state.last_seen)
             else:
                 return
-            # Copy: a delivery may end a session and so change the collection.
-            for session in tuple(watchers):
+            for session in _each(watchers):
                 session.deliver(line)
             return
         on_line = off_line = b""
-        for session in tuple(watchers):
+        for session in _each(watchers):
             w = session.user_id
             was = before is not None and before.seen_by(w, True)
             now = state.seen_by(w, True)
             if now and (not was or restated):
-                on_line = on_line or new.online_line()
+                on_line = on_line or state.online_line()
                 session.deliver(on_line)
             elif was and not now:
                 # Still visible, no longer listing this watcher: gone now.

@@ -306,9 +306,14 @@ class Session:
         elif isinstance(message, Status):
             self.server.registry.set_status(self, message.change)
         elif isinstance(message, Friends):
-            self._set_friends(
-                message.apply(frozenset(self.friends), self.server.config.max_friends)
-            )
+            if message.friends is not None:
+                self._set_friends(message.friends)  # no set of the old list
+            else:
+                self._set_friends(
+                    message.apply(
+                        frozenset(self.friends), self.server.config.max_friends
+                    )
+                )
         elif isinstance(message, Bye):
             self._exit = "bye"
             self.close()
