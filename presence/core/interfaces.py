@@ -29,6 +29,12 @@ class ISession(Interface):
     """A logged-in connection, as the registry sees it."""
 
     user_id = Attribute("The user id this session logged in as (int).")
+    watch_list = Attribute(
+        "The registry's own slot: the ids the session watches (an IdList), or"
+        " None while it is not logged in.  Kept on the session rather than in"
+        " a dict of the registry's, which would cost 40 bytes a session."
+        "  Starts as None; only the registry sets it."
+    )
 
     def deliver(data: bytes) -> None:
         """Send one or more encoded server lines to the client."""

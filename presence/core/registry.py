@@ -143,8 +143,12 @@ class Registry:
         self.offline_grace = offline_grace
         self.mutual = mutual
         self.bus: IBus = bus if bus is not None else MemoryHub().bus()
-        self._local: dict[int, _Local] = {}
-        self._watching: dict[ISession, IdList] = {}
+        # A user with sessions and nothing else here (no ghost, no mutual
+        # list) is only its session count; a _Local stands for the others,
+        # and for any user while an operation changes it (see _local_of).
+        self._local: dict[int, _Local | int] = {}
+        self._sessions = 0  # logged in: those whose watch_list is set
+        self._entries = 0  # in all the sessions' watch lists
         self._watchers: dict[int, _Watchers] = {}
         # Followed users' states as last heard (present ones only).
         self._known: dict[int, UserState] = {}
@@ -162,7 +166,9 @@ class Registry:
         if state is not None:
             return state.sessions
         local = self._local.get(uid)
-        return local.sessions if local else 0
+        if isinstance(local, _Local):
+            return local.sessions
+        return local or 0
 
     def is_online(self, uid: int) -> bool:
         state = self.bus.known(uid)
@@ -175,7 +181,16 @@ class Registry:
         return state.status, state.text
 
     def watching(self, session: ISession) -> frozenset[int]:
-        return frozenset(self._watching.get(session, ()))
+        return frozenset(session.watch_list or ())
+
+    def watch_size(self, session: ISession) -> int:
+        """How many ids C{session} watches (0 if it is not logged in here)."""
+        return len(session.watch_list or ())
+
+    @property
+    def watches(self) -> int:
+        """Watch-list entries of every session here (what --max-watches bounds)."""
+        return self._entries
 
     @property
     def users(self) -> int:
@@ -184,7 +199,7 @@ class Registry:
 
     @property
     def sessions(self) -> int:
-        return len(self._watching)
+        return self._sessions
 
     # -- changes ------------------------------------------------------------
 
@@ -198,7 +213,7 @@ class Registry:
         if type(watch) is not array:
             watch = id_list(watch)
         uid: int = session.user_id
-        local = self._local.get(uid)
+        local = self._local_of(uid)
         if local is None:
             local = self._local[uid] = _Local(uid)
         ghost = local.ghost
@@ -208,10 +223,12 @@ class Registry:
             local.ghost = None
             self._unlist(local, ghost.watch)
         local.sessions += 1
-        self._watching[session] = watch
+        session.watch_list = watch
+        self._sessions += 1
+        self._entries += len(watch)
         self._list(local, watch)
         self._publish(local, change)
-        if session not in self._watching:
+        if session.watch_list is None:
             return  # it ended while its arrival was published
         # Watch only now: a friend ending during that publish must not send
         # this session an offline event for someone it was never shown.
@@ -219,11 +236,15 @@ class Registry:
 
     def logout(self, session: ISession) -> None:
         """Forget a session (closed, timed out, errored, said bye)."""
-        watch = self._watching.pop(session, None)
+        watch = session.watch_list
         if watch is None:
             return
+        session.watch_list = None
+        self._sessions -= 1
+        self._entries -= len(watch)
         self._unwatch(session, watch)
-        local = self._local[session.user_id]
+        local = self._local_of(session.user_id)
+        assert local is not None
         local.sessions -= 1
         if local.sessions:
             self._unlist(local, watch)
@@ -241,11 +262,14 @@ class Registry:
             self._leave(local, now)
 
     def set_status(self, session: ISession, change: StatusChange) -> None:
-        self._publish(self._local[session.user_id], change)
+        local = self._local_of(session.user_id)
+        assert local is not None
+        self._publish(local, change)
 
     def set_watch(self, session: ISession, watch: Iterable[int]) -> None:
         """Replace a session's watch list; snapshot the newly watched."""
-        old = self._watching[session]
+        old = session.watch_list
+        assert old is not None, "set_watch on a session not logged in"
         if type(watch) is array and watch == old:
             return  # re-sent as it was (older clients do, every second)
         new_set, old_set = set(watch), set(old)
@@ -253,15 +277,15 @@ class Registry:
         if not added and not removed:
             return
         self._unwatch(session, removed)
-        self._watching[session] = (
-            watch if type(watch) is array else id_list(new_set)
-        )
-        local = self._local[session.user_id]
+        session.watch_list = watch if type(watch) is array else id_list(new_set)
+        self._entries += len(new_set) - len(old)
         if self.mutual:
+            local = self._local_of(session.user_id)
+            assert local is not None
             self._list(local, added)
             self._unlist(local, removed)
             self._publish(local, None)
-            if session not in self._watching:
+            if session.watch_list is None:
                 return  # it ended while its change was published
         self._watch(session, added)
 
@@ -269,6 +293,8 @@ class Registry:
         """The server is stopping: tell nobody about anybody from now on."""
         self._stopping = True
         for local in list(self._local.values()):
+            if not isinstance(local, _Local):
+                continue
             ghost = local.ghost
             if ghost is not None:
                 ghost.call.cancel()
@@ -309,6 +335,31 @@ class Registry:
 
     # -- internals ----------------------------------------------------------
 
+    def _local_of(self, uid: int) -> _Local | None:
+        """The user's _Local, stored in place of a bare count while it changes."""
+        entry = self._local.get(uid)
+        if entry is None or isinstance(entry, _Local):
+            return entry
+        local = self._local[uid] = _Local(uid)
+        local.sessions = entry
+        local.share = _share(entry, _EMPTY, 0.0)  # what was last published
+        return local
+
+    def _fold(self, local: _Local) -> None:
+        """Store a user back as its count if nothing else is held.
+
+        Called by _publish just before it publishes: what the bus then tells
+        may end sessions and come back here, and every operation is done
+        with its _Local by then, so a later one starts from the count."""
+        if (
+            local.ghost is None
+            and not local.listed
+            and local.sessions
+            and local.share is _PLAIN.get(local.sessions)
+            and self._local.get(local.uid) is local
+        ):
+            self._local[local.uid] = local.sessions
+
     def _publish(self, local: _Local, change: StatusChange | None) -> None:
         sessions = local.sessions
         listed = frozenset(local.listed) if local.listed else _EMPTY
@@ -321,7 +372,9 @@ class Registry:
         ):
             share = local.share = _share(sessions, listed, local.ended_at)
         elif change is None:
+            self._fold(local)
             return
+        self._fold(local)
         self.bus.publish(local.uid, share, change, self.clock.seconds())
 
     def _leave(self, local: _Local, last_seen: float) -> None:

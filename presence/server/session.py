@@ -74,7 +74,7 @@ class Session:
         "_exit", "_failsafe", "_inbox", "_next_turn", "_paused", "_paused_call",
         "_pinged", "_queued", "_throttled", "_timeout", "_unsent", "claim",
         "closing", "deadline", "deadline_seq", "friends", "host", "peer",
-        "server", "user_id", "v0",
+        "server", "user_id", "v0", "watch_list",
     )
 
     def __init__(self, server: Server, peer: IPeer) -> None:
@@ -82,6 +82,7 @@ class Session:
         self.peer = peer
         self.host: str | None = peer.host
         self.user_id: int | None = None
+        self.watch_list: IdList | None = None  # the registry's (ISession)
         self.friends: IdList = id_list(())
         self.claim: frozenset[int] | None = None
         # Protocol v0: what replaces the pushed lines (see presence.server.v0).
@@ -334,6 +335,7 @@ class Session:
                 ErrorCode.TOO_MANY_CONNECTIONS,
                 f"user {uid} has {config.max_sessions} sessions (--max-sessions)",
             )
+        self._room_for(message.friends if claim is None else message.friends & claim)
         self.user_id = uid
         self.friends = id_list(message.friends)
         self.claim = claim
@@ -366,8 +368,21 @@ class Session:
         self.deliver(wire.PONG)
 
     def _set_friends(self, friends: frozenset[int]) -> None:
+        claim = self.claim
+        self._room_for(friends if claim is None else friends & claim)
         self.friends = id_list(friends)
         self.server.registry.set_watch(self, self._watch(self.friends))
+
+    def _room_for(self, watch: frozenset[int]) -> None:
+        """Error 11 if watching C{watch} would pass --max-watches (the
+        session's current list, if any, gives its entries back)."""
+        registry, limit = self.server.registry, self.server.config.max_watches
+        current = registry.watch_size(self)
+        if len(watch) > current and registry.watches - current + len(watch) > limit:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_FRIENDS,
+                f"the server watches {limit} ids in all (--max-watches)",
+            )
 
     def _watch(self, friends: IdList) -> IdList:
         # A token's friends claim silently narrows what the session may watch.
