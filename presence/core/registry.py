@@ -59,9 +59,7 @@ __all__ = ["SMALL", "ISession", "IdList", "Registry", "id_list"]
 SMALL = 64  # watchers of one user kept in a list; more go in a set
 
 IdList = array  # array('q') of distinct user ids, sorted
-_NO_IDS = array("q")
 _EMPTY: frozenset[int] = frozenset()
-_NO_CHANGE = StatusChange(None, None)
 
 # The watchers of one user on this node: one session, a list, or a set.
 _Watchers = ISession | list[ISession] | set[ISession]
