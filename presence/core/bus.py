@@ -21,7 +21,7 @@ second node's bus turns that into the general form.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from zope.interface import implementer
 
@@ -205,20 +205,24 @@ class MemoryHub:
         change: StatusChange | None,
         at: float,
     ) -> None:
-        record = self._records.get(uid)
-        if record is not None:
-            record = self._open(record, self._solo)
+        entry = self._records.get(uid)
+        if node == self._solo and not isinstance(entry, _Record):
+            # The only node: its share is the user's one share.
+            if share is None:
+                if entry is None:
+                    return
+                self._settle(uid, entry, (), change, at, None)
+            else:
+                old = entry if entry is not None else _absent(uid, change, at)
+                self._settle(uid, old, (share,), change, at, None)
+            return
+        record = self._open(entry, self._solo) if entry is not None else None
         if share is None:
             if record is None or not record.holds(node):
                 return  # nothing held here (a ghost another node replaced)
             record.drop(node)
         elif record is None:
-            # Absent until now: the first session's login sets the status.
-            status = change.status if change and change.status else "online"
-            text = change.text if change and change.text is not None else ""
-            record = self._records[uid] = _Record(
-                UserState(uid, False, status, text, _EMPTY, 0, at, 0)
-            )
+            record = _Record(_absent(uid, change, at))
         if share is not None:
             # A ghost stands only for a user with no session anywhere: one
             # coming back replaces ghosts, and a node whose last session of a
@@ -232,17 +236,24 @@ class MemoryHub:
                 record.drop(node)
             else:
                 record.put(node, share)
-        self._settle(record, change, at)
-        if record.state.present:
-            solo = self._solo
-            if solo is not None and record.many is None and record.node == solo:
-                self._records[uid] = record.state  # the share follows from it
-            else:
-                self._records[uid] = record
+        shares = [held for _, held in record.shares()]
+        self._settle(uid, record.state, shares, change, at, record)
 
-    def _settle(self, record: _Record, change: StatusChange | None, at: float) -> None:
-        old = record.state
-        shares = [share for _, share in record.shares()]
+    def _settle(
+        self,
+        uid: int,
+        old: UserState,
+        shares: Sequence[Share],
+        change: StatusChange | None,
+        at: float,
+        record: _Record | None,
+    ) -> None:
+        """Store the user's state from its C{shares}; tell followers of news.
+
+        C{record} is None for a user of the only node (stored as its bare
+        state); a record whose one share is the only node's is stored bare
+        too.
+        """
         present = bool(shares)
         status, text = old.status, old.text
         if present and change is not None and old.present:
@@ -259,25 +270,42 @@ class MemoryHub:
         last_seen = old.last_seen
         if old.visible and not visible:
             last_seen = at
-        if (present, status, text, listed) == (
+        news = (present, status, text, listed) != (
             old.present, old.status, old.text, old.listed
-        ):
-            if sessions != old.sessions:
-                record.state = UserState(
-                    old.uid, present, status, text, listed, sessions, last_seen,
-                    old.version,
-                )
-            return
-        self._version += 1
-        state = record.state = UserState(
-            old.uid, present, status, text, listed, sessions, last_seen, self._version
         )
+        state = old
+        if news:
+            self._version += 1
+            state = UserState(
+                uid, present, status, text, listed, sessions, last_seen, self._version
+            )
+        elif sessions != old.sessions:
+            state = UserState(
+                uid, present, status, text, listed, sessions, last_seen, old.version
+            )
         if not present:
-            del self._records[old.uid]
-        for node in self._nodes(old.uid):
-            bus = self._buses.get(node)
-            if bus is not None and bus.listener is not None:
-                bus.listener.user_changed(state)
+            self._records.pop(uid, None)
+        elif record is None or (
+            self._solo is not None
+            and record.many is None
+            and record.node == self._solo
+        ):
+            self._records[uid] = state  # the share follows from it
+        else:
+            record.state = state
+            self._records[uid] = record
+        if news:
+            for node in self._nodes(uid):
+                bus = self._buses.get(node)
+                if bus is not None and bus.listener is not None:
+                    bus.listener.user_changed(state)
+
+
+def _absent(uid: int, change: StatusChange | None, at: float) -> UserState:
+    """A user absent until now: the first session's login sets the status."""
+    status = change.status if change and change.status else "online"
+    text = change.text if change and change.text is not None else ""
+    return UserState(uid, False, status, text, _EMPTY, 0, at, 0)
 
 
 @implementer(IBus)

@@ -26,9 +26,9 @@ watchers, where removal by scanning would cost.  A user's L{Share} without
 a list or a ghost is one object per session count, shared by every user.
 
 Time model for long lists: a list replaced by another (or a login with
-10,000 ids) is mostly ids that no other session here watches; those go in
-and out of the reverse index and the bus in C-level bulk calls, and only
-ids shared with other sessions cost a Python-level step each.
+10,000 ids) is mostly ids that no other session here watches; for those the
+loop only looks the id up, and they go in and out of the reverse index and
+the bus in C-level bulk calls afterwards.
 """
 
 from __future__ import annotations
@@ -36,8 +36,7 @@ from __future__ import annotations
 from array import array
 from collections import deque
 from collections.abc import Iterable, Sequence
-from itertools import compress, filterfalse, repeat
-from operator import is_
+from itertools import repeat
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
@@ -260,7 +259,15 @@ class Registry:
             self._leave(local, now)
 
     def set_status(self, session: ISession, change: StatusChange) -> None:
-        local = self._local_of(session.user_id)
+        uid: int = session.user_id
+        count = self._local.get(uid)
+        if type(count) is int:
+            # Only sessions here: its share stands as published, and the
+            # hot path of a status change needs no _Local.
+            share = _share(count, _EMPTY, 0.0)
+            self.bus.publish(uid, share, change, self.clock.seconds())
+            return
+        local = self._local_of(uid)
         assert local is not None
         self._publish(local, change)
 
@@ -390,17 +397,15 @@ class Registry:
 
     def _watch(self, session: ISession, uids: Iterable[int]) -> None:
         """Add C{session} as a watcher of C{uids}: snapshot, follow the new."""
-        if type(uids) is not array and type(uids) is not list:
-            uids = list(uids)
         watchers, known, me = self._watchers, self._known, session.user_id
-        mutual = self.mutual
-        # Ids nobody here watches yet go in (and to the bus) in bulk.
-        shared = list(filter(watchers.__contains__, uids))
-        new = list(filterfalse(watchers.__contains__, uids) if shared else uids)
-        watchers.update(zip(new, repeat(session)))
+        get, mutual = watchers.get, self.mutual
         lines: list[bytes] = []
-        for uid in shared:
-            sessions = watchers[uid]
+        new: list[int] = []
+        for uid in uids:
+            sessions = get(uid)
+            if sessions is None:
+                new.append(uid)  # nobody here watches it yet: in bulk below
+                continue
             if isinstance(sessions, list):
                 sessions.append(session)
                 if len(sessions) > SMALL:
@@ -413,6 +418,7 @@ class Registry:
             if k is not None and k.seen_by(me, mutual):
                 lines.append(k.online_line())
         if new:
+            watchers.update(zip(new, repeat(session)))
             # The bus answers with the state of each that is present (an
             # asynchronous bus later, through user_changed).
             self._gather = (session, lines)
@@ -424,26 +430,24 @@ class Registry:
             session.deliver(b"".join(lines))
 
     def _unwatch(self, session: ISession, uids: Iterable[int]) -> None:
-        if type(uids) is not array and type(uids) is not list:
-            uids = list(uids)
         watchers = self._watchers
-        # Ids that only this session watched leave in bulk.
-        gone = list(
-            compress(uids, map(is_, map(watchers.get, uids), repeat(session)))
-        )
-        deque(map(watchers.__delitem__, gone), 0)
-        for uid in filter(watchers.__contains__, uids):
-            sessions = watchers[uid]
-            if isinstance(sessions, list):
+        get = watchers.get
+        gone: list[int] = []
+        for uid in uids:
+            sessions = get(uid)
+            if sessions is session:
+                gone.append(uid)  # only this session watched it: in bulk below
+            elif isinstance(sessions, list):
                 if session in sessions:
                     sessions.remove(session)
+                    if len(sessions) == 1:
+                        watchers[uid] = sessions[0]
             elif isinstance(sessions, set):
                 sessions.discard(session)
-            else:
-                continue  # another session's alone
-            if len(sessions) == 1:
-                (watchers[uid],) = sessions
+                if len(sessions) == 1:
+                    (watchers[uid],) = sessions
         if gone:
+            deque(map(watchers.__delitem__, gone), 0)
             known = self._known
             if known:
                 deque(map(known.pop, gone, repeat(None)), 0)
