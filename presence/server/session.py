@@ -79,7 +79,7 @@ class Session:
         "_exit", "_failsafe", "_inbox", "_next_turn", "_out", "_out_size",
         "_paused", "_paused_call", "_pinged", "_queued", "_throttled", "_timeout",
         "_unsent", "claim", "closing", "deadline", "deadline_seq", "friends",
-        "host", "peer", "server", "user_id", "v0",
+        "host", "peer", "server", "user_id", "v0", "watch_list",
     )
 
     def __init__(self, server: Server, peer: IPeer) -> None:
@@ -87,6 +87,7 @@ class Session:
         self.peer = peer
         self.host: str | None = peer.host
         self.user_id: int | None = None
+        self.watch_list: IdList | None = None  # the registry's (ISession)
         self.friends: IdList = id_list(())
         self.claim: frozenset[int] | None = None
         # Protocol v0: what replaces the pushed lines (see presence.server.v0).
@@ -316,9 +317,14 @@ class Session:
         elif isinstance(message, Status):
             self.server.registry.set_status(self, message.change)
         elif isinstance(message, Friends):
-            self._set_friends(
-                message.apply(frozenset(self.friends), self.server.config.max_friends)
-            )
+            if message.friends is not None:
+                self._set_friends(message.friends)  # no set of the old list
+            else:
+                self._set_friends(
+                    message.apply(
+                        frozenset(self.friends), self.server.config.max_friends
+                    )
+                )
         elif isinstance(message, Bye):
             self._exit = "bye"
             self.close()
@@ -339,6 +345,7 @@ class Session:
                 ErrorCode.TOO_MANY_CONNECTIONS,
                 f"user {uid} has {config.max_sessions} sessions (--max-sessions)",
             )
+        self._room_for(message.friends if claim is None else message.friends & claim)
         self.user_id = uid
         self.friends = id_list(message.friends)
         self.claim = claim
@@ -371,8 +378,21 @@ class Session:
         self.deliver(wire.PONG)
 
     def _set_friends(self, friends: frozenset[int]) -> None:
+        claim = self.claim
+        self._room_for(friends if claim is None else friends & claim)
         self.friends = id_list(friends)
         self.server.registry.set_watch(self, self._watch(self.friends))
+
+    def _room_for(self, watch: frozenset[int]) -> None:
+        """Error 11 if watching C{watch} would pass --max-watches (the
+        session's current list, if any, gives its entries back)."""
+        registry, limit = self.server.registry, self.server.config.max_watches
+        current = registry.watch_size(self)
+        if len(watch) > current and registry.watches - current + len(watch) > limit:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_FRIENDS,
+                f"the server watches {limit} ids in all (--max-watches)",
+            )
 
     def _watch(self, friends: IdList) -> IdList:
         # A token's friends claim silently narrows what the session may watch.
