@@ -58,6 +58,7 @@ from zope.interface import implementer
 from presence.server.context import host_of
 from presence.server.logs import format_peer
 from presence.server.session import IPeer, Session
+from presence.wire import keepalive
 from presence.wire.errors import ErrorCode, ProtocolError
 
 BINARY = b"\xff"
@@ -143,6 +144,9 @@ class WebSocketPeer:
         self.tcp.unregisterProducer()
         self.ws.attachProducer(self)
         self.session = self.make_session(self)
+        config = self.session.server.config
+        if config.heartbeat == "tcp":
+            keepalive.enable(self.tcp, config.timeout)
         self.session.start()
 
     def _guard(self, inner: Callable[[bytes], None]) -> Callable[[bytes], None]:
