@@ -33,23 +33,27 @@ LINUX_ONLY = not all(
 
 class DerivationTests(SynchronousTestCase):
     def test_default_timeout(self) -> None:
-        """15 s: probes after 6, 9 and 12 s of silence; gone at 15 s, and
+        """15 s: after 8 s of silence 7 probes 1 s apart, gone at 15 s, and
         data unacknowledged for 15,000 ms ends the connection too."""
-        self.assertEqual(Keepalive.for_timeout(15), Keepalive(6, 3, 3, 15_000))
+        self.assertEqual(Keepalive.for_timeout(15), Keepalive(8, 1, 7, 15_000))
 
-    def test_whole_seconds_add_up_to_the_timeout(self) -> None:
-        """From 4 s on, idle + count * interval is the timeout itself."""
+    def test_probes_fill_the_second_half(self) -> None:
+        """The first probe comes after half the timeout; the probes fill the
+        rest to within half an interval; the user timeout is the timeout."""
         for timeout in range(4, 3601):
             k = Keepalive.for_timeout(timeout)
-            self.assertEqual(k.idle + k.count * k.interval, timeout, k)
-            self.assertGreaterEqual(k.idle, k.interval, k)
+            self.assertEqual(k.idle, (timeout + 1) // 2, k)
+            end = k.idle + k.count * k.interval
+            self.assertLessEqual(abs(end - timeout), k.interval / 2, k)
+            self.assertGreaterEqual(k.count, 2, k)
             self.assertEqual(k.user_timeout_ms, timeout * 1000)
+        self.assertEqual(Keepalive.for_timeout(60), Keepalive(30, 3, 10, 60_000))
 
     def test_short_and_fractional_timeouts(self) -> None:
         """Below 4 s every setting is at least 1 s; the user timeout keeps
         the fraction, in milliseconds."""
-        self.assertEqual(Keepalive.for_timeout(1), Keepalive(1, 1, 3, 1_000))
-        self.assertEqual(Keepalive.for_timeout(0.25), Keepalive(1, 1, 3, 250))
+        self.assertEqual(Keepalive.for_timeout(1), Keepalive(1, 1, 1, 1_000))
+        self.assertEqual(Keepalive.for_timeout(0.25), Keepalive(1, 1, 1, 250))
         self.assertEqual(Keepalive.for_timeout(7.5).user_timeout_ms, 7_500)
 
     def test_huge_timeouts_are_clamped(self) -> None:
@@ -186,7 +190,7 @@ class LoopbackTests(TestCase):
         data = yield self.dial(port, LOGIN, b"\n")
         self.assertEqual(orjson.loads(data)["heartbeat"], "tcp")
         self.assertEqual(read_options(self.server_socket(server)),
-                         (1, 6, 3, 3, 15_000))
+                         (1, 8, 1, 7, 15_000))
 
     @defer.inlineCallbacks
     def test_app_heartbeat_sets_nothing(self) -> Any:
@@ -205,7 +209,7 @@ class LoopbackTests(TestCase):
         header = b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 8081\r\n"
         yield self.dial(port, header + LOGIN, b"\n")
         self.assertEqual(read_options(self.server_socket(server)),
-                         (1, 6, 3, 3, 15_000))
+                         (1, 8, 1, 7, 15_000))
 
     @defer.inlineCallbacks
     def test_websocket_front_end(self) -> Any:
@@ -219,7 +223,7 @@ class LoopbackTests(TestCase):
         data = yield self.dial(port, upgrade, b"\r\n\r\n")
         self.assertIn(b" 101 ", data.split(b"\r\n")[0])
         self.assertEqual(read_options(self.server_socket(server)),
-                         (1, 6, 3, 3, 15_000))
+                         (1, 8, 1, 7, 15_000))
 
     @defer.inlineCallbacks
     def test_unix_socket(self) -> Any:
@@ -248,4 +252,4 @@ class LoopbackTests(TestCase):
         assert conn is not None
         self.assertEqual(conn.heartbeat, "tcp")
         self.assertEqual(read_options(kernel_socket(conn.transport)),
-                         (1, 6, 3, 3, 15_000))
+                         (1, 8, 1, 7, 15_000))

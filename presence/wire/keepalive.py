@@ -4,22 +4,28 @@ With ``--heartbeat tcp`` neither side sends JSON pings; instead each TCP
 socket asks the kernel to probe a silent peer and to give up on one that
 does not answer, or that leaves written data unacknowledged, after about
 the protocol's ``timeout`` T.  The server and the client library derive the
-same settings from T (L{Keepalive.for_timeout}):
+same settings from T (L{Keepalive.for_timeout}), on the app heartbeat's
+schedule:
 
-  - C{TCP_KEEPCNT} 3 probes,
-  - C{TCP_KEEPINTVL} T/6 seconds between probes (rounded, at least 1),
-  - C{TCP_KEEPIDLE} T minus the three intervals (at least 1): the first
-    probe after this much silence,
+  - C{TCP_KEEPIDLE} T/2 (rounded, at least 1 s): the first probe after
+    this much silence, as the server's ping after T/2;
+  - C{TCP_KEEPINTVL} an eighth of the rest (at least 1 s) and
+    C{TCP_KEEPCNT} as many probes as fill the rest: 15 s gives 7 probes,
+    1 s apart, after 8 s of silence;
   - C{TCP_USER_TIMEOUT} T, in milliseconds: data unacknowledged for this
-    long ends the connection, and (Linux) a keepalive probe that finds the
-    peer silent for this long ends it too.
+    long ends the connection, and (Linux) so does a peer silent for this
+    long once a probe is out.
 
-So a peer that vanishes is found T seconds after its last packet
-(15 s: probes after 6, 9 and 12 s, the end at 15 s); the kernel settings
-are whole seconds, so with T under 4 s it takes the first probe at or
-after T.  Each option that the platform lacks is skipped (macOS has no
-C{TCP_USER_TIMEOUT}).  Non-TCP sockets (UNIX) get nothing: a UNIX socket's
-peer is a local process, whose end the kernel reports at once.
+So a peer that vanishes is found T seconds after its last packet (the
+settings are whole seconds: under 2 s, at the first probe after T).  A
+probe, unlike a ping, is not retransmitted: several probes, any one of
+which is enough when answered, keep a short burst of packet loss from
+ending a live connection.
+A live idle peer costs one probe and its answer per T/2, in the kernel:
+the server process is not woken.  Each option that the platform lacks is
+skipped (macOS has no C{TCP_USER_TIMEOUT}).  Non-TCP sockets (UNIX) get
+nothing: a UNIX socket's peer is a local process, whose end the kernel
+reports at once.
 
 No Twisted here: the client library uses it as well.
 """
@@ -29,10 +35,14 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-PROBES = 3
+# The second half of the timeout is probed every eighth of it (at least
+# every second).
+PROBES = 8
 # Linux's upper bounds for the idle time and interval (MAX_TCP_KEEPIDLE,
-# MAX_TCP_KEEPINTVL) and for TCP_USER_TIMEOUT (an int of milliseconds).
+# MAX_TCP_KEEPINTVL), the count (MAX_TCP_KEEPCNT) and TCP_USER_TIMEOUT (an
+# int of milliseconds).
 MAX_SECONDS = 32767
+MAX_PROBES = 127
 MAX_USER_TIMEOUT_MS = 2**31 - 1
 
 
@@ -48,10 +58,12 @@ class Keepalive:
     @classmethod
     def for_timeout(cls, timeout: float) -> Keepalive:
         """The settings that find a dead peer in about C{timeout} seconds."""
-        interval = min(MAX_SECONDS, max(1, _round(timeout / (2 * PROBES))))
-        idle = min(MAX_SECONDS, max(1, _round(timeout - PROBES * interval)))
+        idle = min(MAX_SECONDS, max(1, _round(timeout / 2)))
+        rest = max(0.0, timeout - idle)
+        interval = min(MAX_SECONDS, max(1, int(rest / PROBES)))
+        count = min(MAX_PROBES, max(1, _round(rest / interval)))
         user_timeout = min(MAX_USER_TIMEOUT_MS, max(1, _round(timeout * 1000)))
-        return cls(idle, interval, PROBES, user_timeout)
+        return cls(idle, interval, count, user_timeout)
 
     def options(self) -> list[tuple[int, int, int]]:
         """C{(level, option, value)} for setsockopt, those this platform has."""
@@ -70,7 +82,7 @@ class Keepalive:
 
 
 def _round(x: float) -> int:
-    # Half up, not to even: 15 s gives 3 s between probes, not 2.
+    # Half up, not to even: 15 s gives 8 s of idle, not 7 and 8 by turns.
     return int(x + 0.5)
 
 
