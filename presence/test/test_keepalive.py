@@ -7,11 +7,13 @@ import socket
 from typing import Any
 
 import orjson
+import twisted.test
 from twisted.internet import defer, endpoints, reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
+from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.server import Site
 
@@ -208,6 +210,22 @@ class LoopbackTests(TestCase):
         server, port = yield self.start("haproxy:tcp:0:interface=127.0.0.1")
         header = b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 8081\r\n"
         yield self.dial(port, header + LOGIN, b"\n")
+        self.assertEqual(read_options(self.server_socket(server)),
+                         (1, 8, 1, 7, 15_000))
+
+    @defer.inlineCallbacks
+    def test_tls(self) -> Any:
+        """Under TLS the socket under the TLS layer is the one set."""
+        pem = FilePath(twisted.test.__file__).sibling("server.pem").path
+        server, port = yield self.start(
+            f"ssl:0:interface=127.0.0.1:privateKey={pem}:certKey={pem}")
+        where = endpoints.clientFromString(
+            reactor, f"ssl:host=127.0.0.1:port={port_of(port)}")
+        client = yield endpoints.connectProtocol(where, Collect())
+        self.addCleanup(client.transport.abortConnection)
+        client.transport.write(LOGIN)
+        data = yield client.until(b"\n")
+        self.assertEqual(orjson.loads(data)["heartbeat"], "tcp")
         self.assertEqual(read_options(self.server_socket(server)),
                          (1, 8, 1, 7, 15_000))
 
