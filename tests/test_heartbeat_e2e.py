@@ -5,10 +5,13 @@ These wait real time on purpose: a 1 s ``--timeout`` and 3.5 s of silence.
 
 from __future__ import annotations
 
+import subprocess
+import time
 from functools import partial
 
 from conftest import StartServer
 from sockets import LineSocket, wait_until
+from test_client_cli import Client, clients  # noqa: F401  (fixture)
 
 
 def test_silent_client_stays_with_tcp_heartbeat(start_server: StartServer) -> None:
@@ -36,6 +39,22 @@ def test_app_heartbeat_drops_silent_client(start_server: StartServer) -> None:
         assert "heartbeat" not in silent.login(1)
         assert silent.recv(3)["type"] == "ping"
         silent.expect_error(1, timeout=3)
+
+
+def test_presence_client_stays_quiet(start_server: StartServer,
+                                    clients: list[Client]) -> None:  # noqa: F811
+    """presence-client, welcomed with heartbeat tcp, stays connected through
+    three silent timeouts, and its requests are still confirmed."""
+    server = start_server("--timeout", "1", "--heartbeat", "tcp")
+    one = Client(server.endpoint(), "--user", "1", "--json", stdin=subprocess.PIPE)
+    clients.append(one)
+    one.wait_for('"heartbeat":"tcp"')
+    time.sleep(3.5)  # real silence: no ping either way, no watchdog
+    assert one.proc.poll() is None, one.output
+    one.send("status away back soon")
+    one.send("quit")  # after the pending request is answered
+    assert one.wait() == 0, one.stderr
+    assert "status is now away: back soon" in one.stderr  # --json: remarks
 
 
 def test_server_socket_keepalive_timer(start_server: StartServer) -> None:

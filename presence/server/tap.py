@@ -414,6 +414,8 @@ def websocket_site(server: Server, allowed_origins: list[str]) -> Site:
                 lambda peer: Session(server, peer),
                 server.config.max_line,
                 allowed_origins,
+                # --heartbeat tcp: upgraded connections get TCP keepalive.
+                server.config.timeout if server.config.heartbeat == "tcp" else None,
             )
         )
     )
