@@ -5,10 +5,14 @@ These wait real time on purpose: a 1 s ``--timeout`` and 3.5 s of silence.
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 import time
 from functools import partial
+from pathlib import Path
 
+import pytest
 from conftest import StartServer
 from sockets import LineSocket, wait_until
 from test_client_cli import Client, clients  # noqa: F401  (fixture)
@@ -55,6 +59,33 @@ def test_presence_client_stays_quiet(start_server: StartServer,
     one.send("quit")  # after the pending request is answered
     assert one.wait() == 0, one.stderr
     assert "status is now away: back soon" in one.stderr  # --json: remarks
+
+
+def _can_unshare() -> bool:
+    try:
+        return subprocess.run(["unshare", "-n", "true"],
+                              capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _can_unshare(),
+                    reason="needs unshare -n (root or CAP_SYS_ADMIN)")
+def test_dead_network_ends_session() -> None:
+    """In a network namespace of its own, a --heartbeat tcp server whose
+    client's network dies (loopback down, no socket closed) ends the session
+    by itself: the kernel's keepalive gives up on the peer."""
+    script = Path(__file__).with_name("deadnet.py")
+    out = subprocess.run(
+        ["unshare", "-n", sys.executable, str(script), "--timeout", "4",
+         "--heartbeat", "tcp"],
+        capture_output=True, text=True, timeout=90, cwd=script.parent,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert '"heartbeat":"tcp"' in result["welcome"], result
+    assert result["ended"], result
+    assert "user 1 exits" in result["exit"][0], result
 
 
 def test_server_socket_keepalive_timer(start_server: StartServer) -> None:
