@@ -377,6 +377,7 @@ class Bench:
             "friends": o.friends,
             "seed": o.seed,
             "timeout": o.timeout if launching else None,
+            "heartbeat": heartbeat_of(o.server_args) if launching else None,
         }
         self.graph = graph = friend_graph(o.users, o.friends, o.seed, self.nodes)
         degrees = [len(f) for f in graph[1:]]
@@ -722,6 +723,17 @@ class Bench:
             self.teardown()
             self.results["notes"] = self.notes
         return self.results
+
+
+def heartbeat_of(server_args: list[str]) -> str:
+    """The --heartbeat that C{server_args} give the server (app by default)."""
+    value = "app"
+    for i, arg in enumerate(server_args):
+        if arg.startswith("--heartbeat="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--heartbeat" and i + 1 < len(server_args):
+            value = server_args[i + 1]
+    return value
 
 
 def merge_errors(dicts: Any) -> dict[str, int]:

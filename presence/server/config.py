@@ -12,6 +12,10 @@ class Config:
     """Every tunable of a running server (see docs/operations.rst)."""
 
     timeout: float = 15.0
+    # "app": JSON ping/pong on the deadline heap; "tcp": the kernel's
+    # keepalive finds dead peers (presence.wire.keepalive), no server timer
+    # after the login.
+    heartbeat: str = "app"
     offline_grace: float = 0.0
     mutual: bool = False
     max_line: int = MIB

@@ -35,6 +35,7 @@ from presence.server.session import (
     unfinished_too_much,
 )
 from presence.server.writer import supported, write_now
+from presence.wire import keepalive
 from presence.wire.errors import ProtocolError
 from presence.wire.framing import LINE, Framer
 
@@ -100,6 +101,8 @@ class LineProtocol(Protocol):
         if ITCPTransport.providedBy(self.transport):
             # Small writes must not wait for the peer's delayed ACK.
             self.transport.setTcpNoDelay(True)
+        if server.config.heartbeat == "tcp":
+            keepalive.enable(self.transport, server.config.timeout)
         self._direct = supported(self.transport)
         peer: IAddress = self.transport.getPeer()
         self.host = host_of(peer)

@@ -350,11 +350,13 @@ class Session:
         self.friends = id_list(message.friends)
         self.claim = claim
         server.metrics.login()
-        self.deliver(wire.welcome(uid, config.timeout))
+        self.deliver(wire.welcome(uid, config.timeout, config.heartbeat))
         registry.login(self, self._watch(self.friends), message.change)
         # From now on the timer is the ping schedule: a ping after timeout/2 of
-        # silence, error 1 after another timeout/2.
-        self._set_timer(config.timeout / 2)
+        # silence, error 1 after another timeout/2.  With --heartbeat tcp the
+        # kernel's keepalive watches the peer: no timer at all, so an idle
+        # session costs the server nothing.
+        self._set_timer(config.timeout / 2 if config.heartbeat == "app" else None)
         self.log.info(
             "user {uid} joins ({n}) from {peer}",
             uid=uid,

@@ -132,6 +132,16 @@ class OptionsTests(SynchronousTestCase):
             self.parse("--log-format", "xml")
         self.assertIn("--log-format", str(e.exception))
 
+    def test_heartbeat(self) -> None:
+        """--heartbeat is app (default) or tcp, and reaches the configuration;
+        anything else is refused, naming the option."""
+        self.assertEqual(self.parse().config().heartbeat, "app")
+        self.assertEqual(self.parse("--heartbeat", "tcp").config().heartbeat, "tcp")
+        for value in ("TCP", "none", ""):
+            with self.assertRaises(usage.UsageError) as e:
+                self.parse("--heartbeat", value)
+            self.assertIn("--heartbeat", str(e.exception))
+
     def test_zero_where_it_means_something(self) -> None:
         """0 is a valid --offline-grace (none) and --timer-slack (exact timers)."""
         options = self.parse("--offline-grace", "0", "--timer-slack", "0")
