@@ -20,6 +20,8 @@ import orjson
 import pytest
 from conftest import twistd
 
+from presence.bench.launch import stop_process
+
 # A free loopback port chosen by the kernel.
 ANY_PORT = "tcp:0:interface=127.0.0.1"
 LISTENING = re.compile(r"presence listening on tcp6?:([\d.]+|\[[\da-f:]+\]):(\d+)")
@@ -101,16 +103,10 @@ class Running:
             time.sleep(0.02)
         raise AssertionError(f"no line matching {pattern!r}:\n{self.log}")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int | None:
+        code = stop_process(self.proc, sig, timeout)
         self._reader.join(5)
-        return self.proc.returncode
+        return code
 
 
 def run(twistd_args: list[str], args: list[str], cwd: Path,

@@ -14,24 +14,37 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
 from presence.cluster.redisserver import (
     RedisMissing,
     RedisServer,
+    available,
     missing_message,
     required,
 )
+
+
+def redis_missing() -> NoReturn:
+    """Skip the test, naming the package; in CI (CI=true) fail it."""
+    if required():
+        pytest.fail(missing_message() + " (CI=true: cluster tests never skip)")
+    pytest.skip(missing_message())
+
+
+def require_redis() -> None:
+    """For a test that starts redis-server itself (presence-bench --cluster)."""
+    if not available():
+        redis_missing()
 
 
 def start_redis() -> RedisServer:
     try:
         return RedisServer().start()
     except RedisMissing:
-        if required():
-            pytest.fail(missing_message() + " (CI=true: cluster tests never skip)")
-        pytest.skip(missing_message())
+        redis_missing()
 
 
 @pytest.fixture

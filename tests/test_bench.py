@@ -98,3 +98,22 @@ def test_without_bench_extra() -> None:
     assert done.returncode == 1
     assert "pip install 'presence[bench]'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_idle_target_follows_the_heartbeat() -> None:
+    """The idle CPU target is 3% of a core with the app heartbeat and 0.5%
+    with --heartbeat tcp, read from the options the bench gave the server."""
+    from presence.bench.report import targets
+    from presence.bench.runner import heartbeat_of
+
+    assert heartbeat_of([]) == "app"
+    assert heartbeat_of(["--max-friends=9", "--heartbeat=tcp"]) == "tcp"
+    assert heartbeat_of(["--heartbeat", "tcp"]) == "tcp"
+    for heartbeat, target in (("app", 3.0), ("tcp", 0.5), (None, 3.0)):
+        results = {"meta": {"users": 19000, "friends": 20, "timeout": 15,
+                            "heartbeat": heartbeat},
+                   "hold": {"connections": 19000, "seconds": 30,
+                            "server_cpu_fraction": 0.01}}
+        (idle,) = [t for t in targets(results) if t["key"] == "idle_cpu"]
+        assert idle["target"] == target, heartbeat
+        assert idle["met"] is (1.0 <= target), heartbeat

@@ -288,6 +288,18 @@ def test_silent_server_is_dropped(page: Any, static_site: StaticSite) -> None:
     assert h.sockets() == 2
 
 
+def test_tcp_heartbeat_has_no_watchdog(page: Any, static_site: StaticSite) -> None:
+    """When the welcome says "heartbeat":"tcp" the server will stay silent:
+    the client keeps no watchdog timer (and never pings on its own)."""
+    h = Harness(page, static_site.url, userId=1, friends=[])
+    h.open()
+    h.serve({**welcome(1), "heartbeat": "tcp"}, {"type": "pong"})
+    assert [t for t in h.timers() if not t["cleared"]] == []
+    assert h.sent() == [{"type": "login", "user_id": 1, "friends": []},
+                        {"type": "ping"}]
+    assert h.call("return window.client.state") == "open"
+
+
 def test_no_reconnect_option(page: Any, static_site: StaticSite) -> None:
     """With reconnect: false a lost connection is final, and says so."""
     h = Harness(page, static_site.url, userId=1, friends=[], reconnect=False)

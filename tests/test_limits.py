@@ -187,6 +187,29 @@ def test_max_friends(start_server: StartServer) -> None:
             assert event["user_id"] == 4  # 5 was not added, 4 still watched
 
 
+def test_max_watches(start_server: StartServer) -> None:
+    """Past --max-watches (all sessions' lists together): error 11 naming
+    the option, fatal in a login, not fatal in a friends update; a session
+    that ends gives its entries back."""
+    server = start_server("--max-watches", "5")
+    first = login_ok(server, 1, [2, 3, 4])
+    try:
+        with LineSocket(server.host, server.port) as greedy:
+            greedy.send({"user_id": 5, "friends": [2, 3, 4]})
+            error = greedy.expect_error(11)
+            assert error["msg"].endswith("(--max-watches)"), error
+        with login_ok(server, 6, [2]) as six:
+            six.send({"type": "friends", "add": [3, 4]})
+            assert six.recv()["error"] == 11
+            assert six.roundtrip() == []  # still connected, old list kept
+        first.close()
+        server.wait_for_log(r"user 1 exits")
+        with login_ok(server, 5, [2, 3, 4]) as again:
+            again.roundtrip()
+    finally:
+        first.close()
+
+
 # -- file descriptors ------------------------------------------------------------
 
 

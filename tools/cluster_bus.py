@@ -16,8 +16,11 @@ changes, WINDOW at a time, and B receives one event per change.  Reported:
   - Redis memory per present user (used_memory) and keys per user;
   - Redis killed and started empty: time until both nodes are up again and
     B has resynced (A re-asserts every share);
-  - node A killed: time until B has seen all its users go offline, and how
-    long the cleanup itself took (from the first offline to the last).
+  - node A killed: time until B has seen all its users go offline, how
+    long the cleanup itself took (from the first offline to the last), and
+    what its scripts cost Redis (INFO commandstats: EVALSHA calls and time,
+    the survivor's heartbeats included), and this process's CPU meanwhile
+    (B cleaning up and receiving the offline events).
 
 Loopback only, bounded in time.
 """
@@ -141,6 +144,8 @@ async def run(args: argparse.Namespace, redis: RedisServer) -> None:
     recover = time.monotonic() - start
 
     # Node A dies (no leave): B's cleanup takes its users offline.
+    redis.command("CONFIG", "RESETSTAT")
+    c0 = cpu()
     a._beat.stop()
     for svc in a._services:
         await svc.stopService()
@@ -151,7 +156,12 @@ async def run(args: argparse.Namespace, redis: RedisServer) -> None:
             first.append(time.monotonic())
         await task.deferLater(reactor, 0.01, lambda: None)
     gone = time.monotonic()
+    reap_cpu = cpu() - c0  # B's cleanup and its receipt of the offline events
     cleanup = gone - (first[0] if first else killed)
+    evalsha = dict(
+        item.split("=") for item in
+        redis.info("commandstats").get("cmdstat_evalsha", "").split(",") if item
+    )
 
     print(f"users {n}, listed {args.listed}, changes {args.changes}, "
           f"window {args.window}")
@@ -168,7 +178,9 @@ async def run(args: argparse.Namespace, redis: RedisServer) -> None:
           f"{recover * 1e3:.0f} ms (users in B's resyncs: {lb.resyncs})")
     print(f"node A killed: all {n} users offline at B after "
           f"{(gone - killed) * 1e3:.0f} ms (TTL 10 s), the cleanup itself "
-          f"{cleanup * 1e3:.0f} ms")
+          f"{cleanup * 1e3:.0f} ms; its scripts: {evalsha.get('calls')} EVALSHA, "
+          f"Redis {float(evalsha.get('usec', 0)) / n:.1f} us/user; B's CPU "
+          f"{reap_cpu / n * 1e6:.1f} us/user")
     a.running = False
     await b.stopService()
 

@@ -24,7 +24,8 @@ term
 big
     (unless --no-big) user 3 re-sends --big-logins logins of about 1 MiB
     (10,000 ids, padded), then replaces its 10,000-id watch list
-    --big-lists times; the bystander's ping round trips meanwhile.
+    --big-lists times (two disjoint lists in turn, in one write); the
+    bystander's ping round trips meanwhile, and lines handled per second.
 
 One JSON line of figures goes to stdout (append it to a file and run
 --summary on it).  Loopback only; every wait is bounded (--max-seconds), and
@@ -366,8 +367,10 @@ def scenario_big(args: argparse.Namespace, log: str) -> dict[str, Any]:
             for k in range(args.big_lists)
         )
         marks = []
-        for name, data, pongs in (("big_logins", logins, args.big_logins + 1),
-                                  ("big_lists", lists, 1)):
+        for name, data, pongs, count in (
+            ("big_logins", logins, args.big_logins + 1, args.big_logins),
+            ("big_lists", lists, 1, args.big_lists),
+        ):
             before = big.pongs
             t0 = time.monotonic()
             big.out += data + PING
@@ -376,11 +379,12 @@ def scenario_big(args: argparse.Namespace, log: str) -> dict[str, Any]:
                 lambda before=before, pongs=pongs: big.pongs - before >= pongs,
                 args.max_seconds,
             )
-            marks.append((name, t0, time.monotonic(), len(data), ok))
+            marks.append((name, t0, time.monotonic(), len(data), ok, count))
             pump([big], lambda: False, 0.2)
         trips = bystander.stop()
-        for name, t0, t1, size, ok in marks:
+        for name, t0, t1, size, ok, count in marks:
             result[name] = {"bytes": size, "s": round(t1 - t0, 3), "complete": ok,
+                            "lines": count, "per_s": round(count / (t1 - t0), 1),
                             "ping": during(trips, t0, t1)}
         if big.error:
             result["big_error"] = big.error.decode(errors="replace")
@@ -401,7 +405,10 @@ FIELDS = [
     ("deliveries/s", ("burst", "deliveries_per_s")),
     ("SIGTERM s", ("term", "term_s")),
     ("1 MiB logins: ping max ms", ("big", "big_logins", "ping", "max")),
+    ("10k lists: ping p50 ms", ("big", "big_lists", "ping", "p50")),
+    ("10k lists: ping p99 ms", ("big", "big_lists", "ping", "p99")),
     ("10k lists: ping max ms", ("big", "big_lists", "ping", "max")),
+    ("10k lists: lists/s", ("big", "big_lists", "per_s")),
     ("load avg", ("load", 0)),
 ]
 

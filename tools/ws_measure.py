@@ -106,18 +106,24 @@ elif lib == "adapter":
             self.peer = peer
             peers.add(self)
 
-        def data_received(self, data):
-            if data == b"fan\n":
+        def start(self):
+            pass
+
+        def received(self, messages):
+            if b"fan" in messages:
                 for p in list(peers):
                     p.peer.write(line)
 
-        def connection_lost(self):
+        def framing_error(self, error):
+            self.peer.abort()
+
+        def lost(self):
             peers.discard(self)
 
-        def pause_producing(self):
+        def transport_paused(self):
             pass
 
-        def resume_producing(self):
+        def transport_resumed(self):
             pass
 
     factory = Site(web_root(websocket_resource(Session, 1 << 20)))

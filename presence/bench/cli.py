@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --against: rounds of each server (2)")
     p.add_argument("--quick", action="store_true",
                    help="a small, short run of every phase (" + QUICK_TEXT + ")")
+    p.add_argument("--cluster", type=int, default=0, metavar="N",
+                   help="start a redis-server and N nodes with --redis; user u "
+                   "connects to node u %% N, most friends on other nodes "
+                   "(docs/cluster.rst, 'Benchmark')")
     return p
 
 
@@ -139,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
                          "no --server")
     if args.rounds < 1 or args.rounds > 20:
         raise SystemExit("presence-bench: --rounds must be 1..20")
+    if args.cluster and (args.cluster < 2 or args.cluster > 16 or args.server):
+        raise SystemExit("presence-bench: --cluster must be 2..16, without --server")
+    if args.against and args.cluster:
+        raise SystemExit("presence-bench: --against compares one server; "
+                         "no --cluster")
     server = None
     if args.server:
         try:
@@ -175,9 +184,22 @@ def main(argv: list[str] | None = None) -> int:
         from presence.bench.against_report import run_against
 
         return run_against(opts, args.rounds, args.out, args.plot)
-    results = Bench(opts).run()
-    results["targets"] = targets(results)
+    if args.cluster:
+        from presence.bench.cluster import ClusterBench
+        from presence.bench.cluster_report import cluster_targets, print_cluster
+        from presence.cluster.redisserver import RedisMissing
+
+        try:
+            results = ClusterBench(opts, args.cluster).run()
+        except RedisMissing as e:
+            raise SystemExit(f"presence-bench: --cluster: {e}") from None
+        results["targets"] = cluster_targets(results)
+    else:
+        results = Bench(opts).run()
+        results["targets"] = targets(results)
     print_report(results, sys.stdout)
+    if args.cluster:
+        print_cluster(results, sys.stdout)
     if args.out:
         write_json(results, args.out)
     if args.plot:

@@ -22,6 +22,11 @@ Latency: a status change carries C{text="t:<phase>:<time.time()>"}; the
 watcher that receives it subtracts that from its own C{time.time()} (all
 processes share the machine's clock).  For offline events, the closing
 worker stores the close time in a shared array indexed by user id.
+
+With C{--cluster N} (config C{nodes}, C{ports}) user u connects to node
+C{u % N}; latencies count only deliveries from a user on another node, and
+each worker tallies the deliveries of every change, keyed by its sender and
+send time, so that the controller can find a change told twice or not at all.
 """
 
 from __future__ import annotations
@@ -141,8 +146,14 @@ class Worker:
         self.nworkers: int = config["workers"]
         self.host: str = config["host"]
         self.port: int = config["port"]
+        self.nodes: int = config.get("nodes") or 1
+        self.ports: list[int] = config.get("ports") or [self.port]
+        # Deliveries per change (sender, send time) in this phase (cluster).
+        self.tally: dict[tuple[int, str], int] | None = (
+            {} if self.nodes > 1 else None)
         self.addresses: int = config["addresses"]
-        self.graph = friend_graph(config["users"], config["friends"], config["seed"])
+        self.graph = friend_graph(config["users"], config["friends"], config["seed"],
+                                  self.nodes)
         self.mine = assign(config["users"], self.nworkers, index)
         self.rng = random.Random(config["seed"] * 1000 + index)
         self.ep = select.epoll()
@@ -259,12 +270,15 @@ class Worker:
         self.off_lat = array("d")
         self.relogin = array("d")
         self.first_send = 0.0
+        if self.tally is not None:
+            self.tally = {}
         self.reply("phase")
 
     def collect(self) -> dict[str, Any]:
         row = self.counters[self.base : self.base + NCOUNTERS]
         return {
             "lat": self.lat.tobytes(),
+            "tally": self.tally,
             "off_lat": self.off_lat.tobytes(),
             "relogin": self.relogin.tobytes(),
             "delivered": int(row[C_DELIVERED]),
@@ -286,7 +300,7 @@ class Worker:
             sock.setsockopt(socket.SOL_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
             sock.bind((source_address(uid, self.addresses), 0))
-            err = sock.connect_ex((self.host, self.port))
+            err = sock.connect_ex((self.host, self.ports[uid % len(self.ports)]))
         except OSError as e:
             err = e.errno or errno.EIO
         c = self.conn_class(uid, sock, live)
@@ -407,6 +421,7 @@ class Worker:
         counters = self.counters
         base = self.base
         tag = self.phase_tag
+        tally = self.tally
         for line in lines:
             if not line or line == b"\r":
                 continue
@@ -430,7 +445,12 @@ class Worker:
                     text = msg.get("text")
                     if c.live and text and text[:2] == "t:":
                         ptag, _, stamp = text[2:].partition(":")
-                        if ptag == tag and len(self.lat) < MAX_SAMPLES:
+                        local = False  # sender on the watcher's node
+                        if tally is not None and ptag == tag and type(uid) is int:
+                            key = (uid, stamp)
+                            tally[key] = tally.get(key, 0) + 1
+                            local = not (uid - c.uid) % self.nodes
+                        if ptag == tag and not local and len(self.lat) < MAX_SAMPLES:
                             try:
                                 self.lat.append(now - float(stamp))
                             except ValueError:

@@ -159,6 +159,8 @@ class Bench:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
         self.server: ServerProcess | None = None
+        self.nodes = 1  # servers the users are spread over (user u: u % nodes)
+        self.graph: list[list[int]] = []  # the friend graph the workers use
         self.probe: Probe | None = None
         self.pipes: list[Connection] = []
         self.procs: list[Any] = []
@@ -303,20 +305,33 @@ class Bench:
 
     # -- setup ----------------------------------------------------------------
 
-    def launch(self, limit: int) -> ServerProcess:
-        """Start the server under test on C{self.server_cpus}; C{limit} is the
-        file limit it inherits."""
+    def server_options(self, limit: int) -> list[str]:
+        """The options of a server the bench starts (C{limit}: its file limit)."""
         o = self.opts
         max_conn = min(o.users + 200, max(o.users, limit - 64))
-        options = [
+        return [
             "--timeout", f"{o.timeout:g}",
             "--max-connections", str(max_conn),
             "--max-per-ip", str(o.users + 200),
             *o.server_args,
         ]
+
+    def launch(self, limit: int) -> ServerProcess:
+        """Start the server under test on C{self.server_cpus}; the load
+        generator connects to it."""
         return LaunchedServer.for_bench(
-            options, log_path=o.server_log, cpus=self.server_cpus or None
+            self.server_options(limit), log_path=self.opts.server_log,
+            cpus=self.server_cpus or None,
         )
+
+    def worker_config(self) -> dict[str, Any]:
+        """What the load workers need beyond the single server's address."""
+        return {}
+
+    def annotate(self, kind: str, res: dict[str, Any],
+                 replies: list[dict[str, Any]]) -> None:
+        """Add a subclass's own figures to a phase's C{res}, from the workers'
+        C{collect} C{replies}."""
 
     def setup(self) -> None:
         o = self.opts
@@ -377,8 +392,9 @@ class Bench:
             "friends": o.friends,
             "seed": o.seed,
             "timeout": o.timeout if launching else None,
+            "heartbeat": heartbeat_of(o.server_args) if launching else None,
         }
-        graph = friend_graph(o.users, o.friends, o.seed)
+        self.graph = graph = friend_graph(o.users, o.friends, o.seed, self.nodes)
         degrees = [len(f) for f in graph[1:]]
         self.results["meta"]["graph"] = {
             "edges": sum(degrees) // 2,
@@ -398,6 +414,7 @@ class Bench:
             "friends": o.friends,
             "seed": o.seed,
             "cpus": sorted(self.load_cpus) if self.server_cpus else None,
+            **self.worker_config(),
         }
         for i in range(o.workers):
             parent, child = ctx.Pipe()
@@ -667,6 +684,7 @@ class Bench:
         usage["behind_schedule"] = behind
         usage["saturated"] = bool(usage["saturated"] or behind)
         res["loadgen"] = usage
+        self.annotate(kind, res, got)
         return res
 
     def phase_fanout(self) -> None:
@@ -721,6 +739,17 @@ class Bench:
             self.teardown()
             self.results["notes"] = self.notes
         return self.results
+
+
+def heartbeat_of(server_args: list[str]) -> str:
+    """The --heartbeat that C{server_args} give the server (app by default)."""
+    value = "app"
+    for i, arg in enumerate(server_args):
+        if arg.startswith("--heartbeat="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--heartbeat" and i + 1 < len(server_args):
+            value = server_args[i + 1]
+    return value
 
 
 def merge_errors(dicts: Any) -> dict[str, int]:

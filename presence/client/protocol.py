@@ -20,6 +20,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from presence import wire
+from presence.wire import keepalive
 from presence.wire.errors import NOT_FATAL_AFTER_LOGIN, ErrorCode, ProtocolError
 
 CLIENT_PING = wire.client_message("ping")
@@ -85,7 +86,10 @@ class ClientConnection(LineReceiver):
     the server itself after C{timeout / 3} seconds in which it sent nothing
     (so the server never has to ask), and gives up on a server that has said
     nothing for a whole C{timeout} (3 unanswered pings: a dead peer or a
-    half-open TCP connection).
+    half-open TCP connection).  When the welcome says C{"heartbeat":"tcp"}
+    it does neither: it turns on TCP keepalive on its socket instead
+    (L{presence.wire.keepalive}, the server's settings), and an idle
+    connection then costs no timer on either side.
 
     Requests (status and friends changes) are followed by a ping: the server
     answers in order, so the pong confirms the request and an error before it
@@ -106,6 +110,7 @@ class ClientConnection(LineReceiver):
         self.login_timeout = login_timeout
         self.welcome: Deferred[float] = Deferred(lambda _: self._give_up("cancelled"))
         self.timeout: float | None = None
+        self.heartbeat = "app"  # or "tcp", as the welcome says
         self._pending: deque[Deferred[None] | None] = deque()
         self._error: PresenceError | None = None
         self._leaving = False
@@ -170,7 +175,8 @@ class ClientConnection(LineReceiver):
 
     def _send(self, line: bytes) -> None:
         self._out.write(line)
-        if self.timeout is not None and not self._leaving:
+        # Logged in with JSON pings (not "tcp"): the keepalive timer runs.
+        if self.timeout is not None and self.heartbeat == "app" and not self._leaving:
             self._ping_call = _restart(
                 self.clock, self._ping_call, self.timeout / 3, self._keepalive
             )
@@ -190,7 +196,7 @@ class ClientConnection(LineReceiver):
     def _receive(self, line: bytes) -> None:
         if self._bye_sent:
             return
-        if self.timeout is not None:
+        if self.timeout is not None and self.heartbeat == "app":
             self._deadline_call = _restart(
                 self.clock, self._deadline_call, self.timeout, self._server_silent
             )
@@ -219,11 +225,20 @@ class ClientConnection(LineReceiver):
             self._give_up(f"bad timeout in welcome: {timeout!r}")
             return
         self.timeout = float(timeout)
-        # The first message, then silence: the keepalive starts from now.
-        self._ping_call = self.clock.callLater(self.timeout / 3, self._keepalive)
         if self._deadline_call is not None and self._deadline_call.active():
             self._deadline_call.cancel()
-        self._deadline_call = self.clock.callLater(self.timeout, self._server_silent)
+        self._deadline_call = None
+        if msg.get("heartbeat") == "tcp":
+            # The server neither pings nor expects pings: the kernel watches
+            # the connection, as it does on the server's side.
+            self.heartbeat = "tcp"
+            keepalive.enable(self.transport, self.timeout)
+        else:
+            # The first message, then silence: the keepalive starts from now.
+            self._ping_call = self.clock.callLater(self.timeout / 3, self._keepalive)
+            self._deadline_call = self.clock.callLater(
+                self.timeout, self._server_silent
+            )
         self.owner.welcomed(self, self.timeout)
         self.welcome.callback(self.timeout)
 

@@ -16,11 +16,11 @@ C{resync}: the registry tells its watchers exactly what changed meanwhile.
 
 Liveness: every node refreshes its entry in a sorted set (Redis time) at
 least once a second; any node that finds an entry older than the TTL declares
-that node dead, takes a lease on it and removes its shares, user by user (its
-users go offline, last seen when the node was last alive).  A node that finds
-itself declared dead (it was cut off for longer than the TTL) joins again
-under a new incarnation, so that the cleanup of the old one cannot remove
-what it asserts again.
+that node dead, takes a lease on it and removes its shares, many users per
+script (its users go offline, last seen when the node was last alive).  A
+node that finds itself declared dead (it was cut off for longer than the TTL)
+joins again under a new incarnation, so that the cleanup of the old one
+cannot remove what it asserts again.
 """
 
 from __future__ import annotations
@@ -62,9 +62,12 @@ from presence.wire import StatusChange
 
 log = Logger()
 
-# Channels per SUBSCRIBE command, ids per SADD, users per cleanup round.
+# Channels per SUBSCRIBE command, ids per SADD, users per cleanup round, and
+# users per cleanup script (REAP_MANY: long enough to spread the cost of a
+# call, short enough not to hold Redis for more than a few milliseconds).
 CHUNK = 5000
 REAP_CHUNK = 2000
+REAP_BATCH = 100
 _CONTROL = scripts.CONTROL.encode()
 
 # A status write remembered for re-asserting: status ("" = none), whether the
@@ -151,13 +154,15 @@ class RedisBus(service.Service):
         self._ping_sent: float | None = None
         self._lost_logged = False
         self._reaping: set[str] = set()
+        self._reap_many = True  # False once Redis Cluster refused a batch
         self._up_waiters: list[defer.Deferred[None]] = []
         # Kept as they were after Redis lost its data, until confirmed.
         self._unconfirmed: set[int] = set()
         self._calls: list[IDelayedCall] = []
         self._beat = task.LoopingCall(self._tick)
         self._beat.clock = reactor
-        self.stats = {"applies": 0, "subscribes": 0, "reads": 0, "resyncs": 0}
+        self.stats = {"applies": 0, "subscribes": 0, "reads": 0, "resyncs": 0,
+                      "reap_scripts": 0}
 
     def _new_incarnation(self) -> str:
         return f"{self.node}/{secrets.token_hex(4)}"
@@ -794,7 +799,7 @@ class RedisBus(service.Service):
         sub = self._sub
         if sub is not None:
             if sub.pings and self._ping_sent is not None:
-                if now - self._ping_sent > self.silence:
+                if self._silent(sub, self._ping_sent, now):
                     log.warn("Redis subscriber connection silent: dropping it")
                     sub.transport.abortConnection()
             else:
@@ -804,7 +809,7 @@ class RedisBus(service.Service):
         if cmd is None or not self._registered or self._recovering:
             return  # (the recovery refreshes the liveness itself)
         if self._beat_sent is not None:
-            if now - self._beat_sent > self.silence:
+            if self._silent(cmd, self._beat_sent, now):
                 log.warn("Redis command connection silent: dropping it")
                 cmd.transport.abortConnection()
             return
@@ -812,6 +817,16 @@ class RedisBus(service.Service):
         d = self._heartbeat(cmd, "beat")
         d.addCallback(self._beaten, cmd, self._generation)
         self._send(d)
+
+    def _silent(self, conn: Any, sent: float, now: float) -> bool:
+        """Whether C{conn}, asked at C{sent}, has said nothing at all for
+        C{silence} seconds.  Any reply counts, not only the one awaited: a
+        node short of CPU reads its events seconds late, and dropping a
+        connection that still delivers them would turn a slow node into an
+        outage (a resync that tells watchers only the difference)."""
+        if conn.received != conn.counted:
+            conn.counted, conn.heard = conn.received, now
+        return now - max(sent, conn.heard) > self.silence
 
     def _beaten(
         self, reply: list[Any], cmd: CommandConnection, generation: int
@@ -850,13 +865,17 @@ class RedisBus(service.Service):
             members = await cmd.call("SRANDMEMBER", key, REAP_CHUNK)
             if not members:
                 break
-            await defer.gatherResults(
-                [
-                    self._apply(cmd, int(m), "reap", None, None, last, incarnation)
-                    for m in members
-                ],
-                consumeErrors=True,
-            )
+            try:
+                await defer.gatherResults(
+                    self._reap_calls(cmd, members, incarnation, last),
+                    consumeErrors=True,
+                )
+            except defer.FirstError as e:
+                if not (self._reap_many and "CROSSSLOT" in str(e.subFailure.value)):
+                    raise
+                log.info("Redis Cluster: cleaning up one user per script")
+                self._reap_many = False
+                continue  # the same members again, one by one
             await cmd.call("SREM", key, *members)
             removed += len(members)
         await self._evalsha(
@@ -865,6 +884,27 @@ class RedisBus(service.Service):
         if incarnation != self.incarnation:
             log.info("cluster node {inc}: {n} shares removed", inc=incarnation,
                      n=removed)
+
+
+    def _reap_calls(
+        self, cmd: CommandConnection, members: list[bytes], incarnation: str,
+        last: float,
+    ) -> list[defer.Deferred[Any]]:
+        """The scripts that remove C{incarnation}'s share of C{members}, all
+        sent at once (their replies are awaited together)."""
+        if not self._reap_many:
+            return [self._apply(cmd, int(m), "reap", None, None, last, incarnation)
+                    for m in members]
+        calls = []
+        for i in range(0, len(members), REAP_BATCH):
+            batch = [int(m) for m in members[i : i + REAP_BATCH]]
+            keys = [k for uid in batch
+                    for k in (scripts.shares_key(uid), scripts.state_key(uid))]
+            self.stats["reap_scripts"] += 1
+            calls.append(self._evalsha(
+                cmd, scripts.REAP_MANY, keys,
+                (incarnation, format_at(last), scripts.TOMBSTONE_TTL, *batch)))
+        return calls
 
 
 def _passthrough(f: Any, *args: Any) -> Any:

@@ -88,6 +88,12 @@ class ConnectionOwner(Protocol):
 
 class _Owned:
     owner: ConnectionOwner
+    # Replies received so far, and the count and time the bus last saw
+    # (L{presence.cluster.bus.RedisBus._silent}): a connection that delivers
+    # a backlog is slow, not silent.
+    received = 0
+    counted = 0
+    heard = 0.0
 
     def _tell_ready(self, _: object) -> None:
         self.owner.connection_ready(self)
@@ -140,6 +146,7 @@ class CommandConnection(txredisapi.RedisProtocol, _Owned):
             self.transport.write(encode(args))
 
     def replyReceived(self, reply: Any) -> None:
+        self.received += 1
         if self.waiting:
             d = self.waiting.popleft()
             if isinstance(reply, Exception):
@@ -184,6 +191,7 @@ class SubscriberConnection(txredisapi.SubscriberProtocol, _Owned):
         return d
 
     def replyReceived(self, reply: Any) -> None:
+        self.received += 1
         if isinstance(reply, list) and reply:
             kind = reply[0]
             if isinstance(kind, str):

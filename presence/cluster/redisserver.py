@@ -32,6 +32,11 @@ def missing_message() -> str:
     )
 
 
+def available() -> bool:
+    """Whether redis-server is installed (on PATH)."""
+    return shutil.which("redis-server") is not None
+
+
 def required() -> bool:
     """Whether a missing redis-server is a failure (in CI) rather than a skip."""
     return os.environ.get("CI", "").lower() == "true"

@@ -28,8 +28,8 @@ Per cluster (one slot):
 
 Per node incarnation (its own slot): ``{n:INCARNATION}:users``, the set of
 user ids it may hold a share of (a superset: added before the share, removed
-after it).  A survivor reads it to clean up after a dead node, one script per
-user.
+after it).  A survivor reads it to clean up after a dead node, many users per
+script (L{REAP_MANY}), or one per user on Redis Cluster.
 
 Versions grow by one while a user is present, and start again from at least
 Redis's time in microseconds after an absence: they grow across a user's
@@ -296,4 +296,24 @@ end
 return 1
 """)
 
-SCRIPTS = (APPLY, HEARTBEAT, REAPED)
+# KEYS: each user's shares and state keys in turn.  ARGV: the dead
+# incarnation, when it was last alive, the tombstone ttl, then the users' ids.
+# APPLY's "reap" (with no status write) for many users in one call, so that
+# the cleanup after a dead node of tens of thousands of users costs Redis and
+# the survivor one command per batch, not per user: APPLY's own source is the
+# function called for each.  The keys are still each user's own (hash-tagged):
+# Redis Cluster refuses a call whose keys span slots (CROSSSLOT), and the bus
+# then falls back to one APPLY per user.  Returns how many users changed.
+REAP_MANY = Script(
+    "reap_many",
+    "local function apply(KEYS, ARGV)\n" + APPLY.source + "end\n" + r"""
+local changed = 0
+for i = 4, #ARGV do
+  local k = 2 * (i - 4)
+  changed = changed + apply({KEYS[k + 1], KEYS[k + 2]},
+    {ARGV[i], ARGV[1], 'reap', '', '', '0', '', ARGV[2], ARGV[2], ARGV[3]})
+end
+return changed
+""")
+
+SCRIPTS = (APPLY, HEARTBEAT, REAPED, REAP_MANY)

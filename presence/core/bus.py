@@ -9,12 +9,19 @@ A listener may publish while it is being told of a change (a delivery that
 ends a session ends its user's share): such a publish is queued and handled
 when the current one is done, so that every listener hears every user's
 states in the order they happened.
+
+A hub with one node (a server without a cluster) stores less: a user's
+record is its L{UserState} alone (one node's share follows from it: its
+session count and list), and the node is told of every user's changes
+rather than only of those it follows, so following costs nothing (the
+registry ignores users nobody watches, as L{IStateListener} allows).  The
+second node's bus turns that into the general form.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from zope.interface import implementer
 
@@ -25,24 +32,67 @@ _EMPTY: frozenset[int] = frozenset()
 
 
 class _Record:
-    """A present user: each node's share, and the status last written."""
+    """A present user: each node's share, and the status last written.
 
-    __slots__ = ("shares", "state")
+    Nearly every user is held by one node, so that node's share sits in the
+    record itself (a dict per user would cost about 180 bytes); a dict holds
+    the shares only while two nodes or more hold one.
+    """
+
+    __slots__ = ("many", "node", "share", "state")
 
     def __init__(self, state: UserState) -> None:
-        self.shares: dict[str, Share] = {}
         self.state = state
+        self.node: str | None = None  # the one node holding a share, if one
+        self.share: Share | None = None
+        self.many: dict[str, Share] | None = None  # from two nodes on
+
+    def shares(self) -> list[tuple[str, Share]]:
+        if self.many is not None:
+            return list(self.many.items())
+        if self.node is not None:
+            assert self.share is not None
+            return [(self.node, self.share)]
+        return []
+
+    def holds(self, node: str) -> bool:
+        return node == self.node if self.many is None else node in self.many
+
+    def put(self, node: str, share: Share) -> None:
+        many = self.many
+        if many is not None:
+            many[node] = share
+        elif self.node is None or self.node == node:
+            self.node, self.share = node, share
+        else:
+            assert self.share is not None
+            self.many = {self.node: self.share, node: share}
+            self.node = self.share = None
+
+    def drop(self, node: str) -> None:
+        many = self.many
+        if many is None:
+            if self.node == node:
+                self.node = self.share = None
+            return
+        many.pop(node, None)
+        if len(many) == 1:
+            ((self.node, self.share),) = many.items()
+            self.many = None
 
 
 class MemoryHub:
     """Shares and states of every user, for the nodes joined to it."""
 
     def __init__(self) -> None:
-        self._records: dict[int, _Record] = {}
-        # The nodes following each user: the node's name while there is one
-        # (a set per user would cost 200 bytes in a single process), a set
-        # from two on.
-        self._followers: dict[int, str | set[str]] = {}
+        # A bare UserState: held by the only node (see the module doc).
+        self._records: dict[int, _Record | UserState] = {}
+        # The users each node follows: a set per node, so that a watch list
+        # of 10,000 ids is followed and unfollowed in one C-level call;
+        # None for a node that follows every user (the only node).
+        self._follows: dict[str, set[int] | None] = {}
+        # The node of the first bus while no other bus was made.
+        self._solo: str | None = None
         self._buses: dict[str, MemoryBus] = {}
         self._version = 0
         self._queue: deque[Callable[[], None]] = deque()
@@ -50,19 +100,34 @@ class MemoryHub:
 
     def bus(self, node: str = "local") -> MemoryBus:
         """The bus of node C{node} (one per node)."""
+        if not self._buses:
+            self._solo = node
+        elif self._solo is not None and node != self._solo:
+            records, solo = self._records, self._solo
+            for uid, record in records.items():
+                records[uid] = self._open(record, solo)
+            self._solo = None
         bus = self._buses[node] = MemoryBus(self, node)
         return bus
 
     def state(self, uid: int) -> UserState | None:
         record = self._records.get(uid)
-        return record.state if record is not None else None
+        if record is None or isinstance(record, UserState):
+            return record
+        return record.state
 
     def node_lost(self, node: str, at: float) -> None:
         """Node C{node} is gone: drop its shares (users last seen at C{at})."""
         self._buses.pop(node, None)
-        for uid in [u for u, r in self._records.items() if node in r.shares]:
+        solo = self._solo
+        held = [
+            u
+            for u, r in self._records.items()
+            if (node == solo if isinstance(r, UserState) else r.holds(node))
+        ]
+        for uid in held:
             self.publish(node, uid, None, None, at)
-        self.unfollow(node, list(self._followers))
+        self._follows.pop(node, None)
 
     # -- what the buses call ---------------------------------------------------
 
@@ -78,50 +143,46 @@ class MemoryHub:
 
     def follow(self, node: str, uids: Iterable[int]) -> None:
         uids = list(uids)
-        followers = self._followers
-        for uid in uids:
-            nodes = followers.get(uid)
-            if nodes is None:
-                followers[uid] = node
-            elif type(nodes) is str:
-                if nodes != node:
-                    followers[uid] = {nodes, node}
-            else:
-                nodes.add(node)  # type: ignore[union-attr]
+        if node not in self._follows:
+            self._follows[node] = None if node == self._solo else set()
+        follows = self._follows[node]
+        if follows is not None:
+            follows.update(uids)
 
         def tell() -> None:
             bus = self._buses.get(node)
-            if bus is None or bus.listener is None:
+            if bus is None or bus.listener is None or node not in self._follows:
                 return
-            for uid in uids:
-                record = self._records.get(uid)
-                if record is not None and node in self._nodes(uid):
-                    bus.listener.user_changed(record.state)
+            follows = self._follows[node]
+            # Most of a long new list is usually absent: skip those in C.
+            for uid in filter(self._records.__contains__, uids):
+                state = self.state(uid)
+                if state is not None and (follows is None or uid in follows):
+                    bus.listener.user_changed(state)
 
         self._run(tell)
 
     def unfollow(self, node: str, uids: Iterable[int]) -> None:
-        followers = self._followers
-        for uid in uids:
-            nodes = followers.get(uid)
-            if nodes is None:
-                continue
-            if type(nodes) is str:
-                if nodes == node:
-                    del followers[uid]
-                continue
-            nodes.discard(node)  # type: ignore[union-attr]
-            if len(nodes) == 1:
-                followers[uid] = next(iter(nodes))
+        follows = self._follows.get(node)
+        if follows is not None:
+            follows.difference_update(uids)
 
-    def _nodes(self, uid: int) -> tuple[str, ...]:
+    def _nodes(self, uid: int) -> list[str]:
         """The nodes that follow C{uid}."""
-        nodes = self._followers.get(uid)
-        if nodes is None:
-            return ()
-        if type(nodes) is str:
-            return (nodes,)
-        return tuple(nodes)
+        return [
+            node
+            for node, follows in self._follows.items()
+            if follows is None or uid in follows
+        ]
+
+    def _open(self, record: _Record | UserState, node: str | None) -> _Record:
+        """The general form of a record (a bare state is C{node}'s alone)."""
+        if not isinstance(record, UserState):
+            return record
+        assert node is not None
+        opened = _Record(record)
+        opened.put(node, Share(record.sessions, record.listed))
+        return opened
 
     # -- internals -------------------------------------------------------------
 
@@ -144,36 +205,56 @@ class MemoryHub:
         change: StatusChange | None,
         at: float,
     ) -> None:
-        record = self._records.get(uid)
+        entry = self._records.get(uid)
+        if node == self._solo and not isinstance(entry, _Record):
+            # The only node: its share is the user's one share.
+            if share is None:
+                if entry is None:
+                    return
+                self._settle(uid, entry, (), change, at, None)
+            else:
+                old = entry if entry is not None else _absent(uid, change, at)
+                self._settle(uid, old, (share,), change, at, None)
+            return
+        record = self._open(entry, self._solo) if entry is not None else None
         if share is None:
-            if record is None or node not in record.shares:
+            if record is None or not record.holds(node):
                 return  # nothing held here (a ghost another node replaced)
-            del record.shares[node]
+            record.drop(node)
         elif record is None:
-            # Absent until now: the first session's login sets the status.
-            status = change.status if change and change.status else "online"
-            text = change.text if change and change.text is not None else ""
-            record = self._records[uid] = _Record(
-                UserState(uid, False, status, text, _EMPTY, 0, at, 0)
-            )
+            record = _Record(_absent(uid, change, at))
         if share is not None:
             # A ghost stands only for a user with no session anywhere: one
             # coming back replaces ghosts, and a node whose last session of a
             # user ends while others hold some keeps no ghost.
             if share.sessions:
-                for other in [n for n, s in record.shares.items() if not s.sessions]:
-                    del record.shares[other]
-                record.shares[node] = share
-            elif any(s.sessions for n, s in record.shares.items() if n != node):
-                record.shares.pop(node, None)
+                for other, held in record.shares():
+                    if not held.sessions:
+                        record.drop(other)
+                record.put(node, share)
+            elif any(s.sessions for n, s in record.shares() if n != node):
+                record.drop(node)
             else:
-                record.shares[node] = share
-        self._settle(record, change, at)
+                record.put(node, share)
+        shares = [held for _, held in record.shares()]
+        self._settle(uid, record.state, shares, change, at, record)
 
-    def _settle(self, record: _Record, change: StatusChange | None, at: float) -> None:
-        old = record.state
-        shares = record.shares.values()
-        present = bool(record.shares)
+    def _settle(
+        self,
+        uid: int,
+        old: UserState,
+        shares: Sequence[Share],
+        change: StatusChange | None,
+        at: float,
+        record: _Record | None,
+    ) -> None:
+        """Store the user's state from its C{shares}; tell followers of news.
+
+        C{record} is None for a user of the only node (stored as its bare
+        state); a record whose one share is the only node's is stored bare
+        too.
+        """
+        present = bool(shares)
         status, text = old.status, old.text
         if present and change is not None and old.present:
             status = change.status if change.status is not None else status
@@ -189,25 +270,42 @@ class MemoryHub:
         last_seen = old.last_seen
         if old.visible and not visible:
             last_seen = at
-        if (present, status, text, listed) == (
+        news = (present, status, text, listed) != (
             old.present, old.status, old.text, old.listed
-        ):
-            if sessions != old.sessions:
-                record.state = UserState(
-                    old.uid, present, status, text, listed, sessions, last_seen,
-                    old.version,
-                )
-            return
-        self._version += 1
-        state = record.state = UserState(
-            old.uid, present, status, text, listed, sessions, last_seen, self._version
         )
+        state = old
+        if news:
+            self._version += 1
+            state = UserState(
+                uid, present, status, text, listed, sessions, last_seen, self._version
+            )
+        elif sessions != old.sessions:
+            state = UserState(
+                uid, present, status, text, listed, sessions, last_seen, old.version
+            )
         if not present:
-            del self._records[old.uid]
-        for node in self._nodes(old.uid):
-            bus = self._buses.get(node)
-            if bus is not None and bus.listener is not None:
-                bus.listener.user_changed(state)
+            self._records.pop(uid, None)
+        elif record is None or (
+            self._solo is not None
+            and record.many is None
+            and record.node == self._solo
+        ):
+            self._records[uid] = state  # the share follows from it
+        else:
+            record.state = state
+            self._records[uid] = record
+        if news:
+            for node in self._nodes(uid):
+                bus = self._buses.get(node)
+                if bus is not None and bus.listener is not None:
+                    bus.listener.user_changed(state)
+
+
+def _absent(uid: int, change: StatusChange | None, at: float) -> UserState:
+    """A user absent until now: the first session's login sets the status."""
+    status = change.status if change and change.status else "online"
+    text = change.text if change and change.text is not None else ""
+    return UserState(uid, False, status, text, _EMPTY, 0, at, 0)
 
 
 @implementer(IBus)

@@ -15,10 +15,11 @@ the difference between the old and the new state.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from zope.interface import Attribute, Interface
 
+from presence import wire
 from presence.wire import StatusChange
 
 INVISIBLE = "invisible"
@@ -28,6 +29,12 @@ class ISession(Interface):
     """A logged-in connection, as the registry sees it."""
 
     user_id = Attribute("The user id this session logged in as (int).")
+    watch_list = Attribute(
+        "The registry's own slot: the ids the session watches (an IdList), or"
+        " None while it is not logged in.  Kept on the session rather than in"
+        " a dict of the registry's, which would cost 40 bytes a session."
+        "  Starts as None; only the registry sets it."
+    )
 
     def deliver(data: bytes) -> None:
         """Send one or more encoded server lines to the client."""
@@ -58,7 +65,8 @@ class UserState:
     counts live sessions on every node; C{last_seen} is when the user stopped
     being visibly online (meaningful when not L{visible}).  C{version} grows
     with every change of what watchers see; a bus never reports an older
-    version of a user after a newer one.
+    version of a user after a newer one.  C{line} caches L{online_line}
+    (not part of the value).
     """
 
     uid: int
@@ -69,10 +77,23 @@ class UserState:
     sessions: int
     last_seen: float
     version: int
+    line: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def visible(self) -> bool:
         return self.present and self.status != INVISIBLE
+
+    def online_line(self) -> bytes:
+        """The encoded online event of this state.
+
+        Encoded once, shared by the fan-out and every later snapshot (the
+        state object lives as long as the user's state is current).
+        """
+        line = self.line
+        if line is None:
+            line = wire.online(self.uid, self.status, self.text)
+            object.__setattr__(self, "line", line)  # a cache, not the value
+        return line
 
     def seen_by(self, watcher: int, mutual: bool) -> bool:
         """Whether a session of C{watcher} that watches this user sees it online."""

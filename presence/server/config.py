@@ -12,10 +12,17 @@ class Config:
     """Every tunable of a running server (see docs/operations.rst)."""
 
     timeout: float = 15.0
+    # "app": JSON ping/pong on the deadline heap; "tcp": the kernel's
+    # keepalive finds dead peers (presence.wire.keepalive), no server timer
+    # after the login.
+    heartbeat: str = "app"
     offline_grace: float = 0.0
     mutual: bool = False
     max_line: int = MIB
     max_friends: int = 10_000
+    # Watch-list entries of all sessions together (each costs at most about
+    # 120 bytes: docs/security.rst), so that the defaults fit in 2 GB.
+    max_watches: int = 10_000_000
     max_connections: int = 20_000
     max_per_ip: int = 1_000
     max_sessions: int = 32

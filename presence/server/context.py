@@ -19,6 +19,7 @@ from presence.core.timers import Deadlines
 from presence.server.admin import Metrics
 from presence.server.config import Config
 from presence.server.logs import RefusalLimiter, ipv6_text
+from presence.server.outbox import Outbox
 from presence.wire.errors import ErrorCode, ProtocolError
 from presence.wire.tokens import TokenVerifier
 
@@ -52,6 +53,8 @@ class Server:
             clock, offline_grace=config.offline_grace, mutual=config.mutual, bus=bus
         )
         self.deadlines = Deadlines(clock, config.timer_slack)
+        # Sessions with lines to write when this reactor turn ends.
+        self.outbox = Outbox(clock)
         self.metrics = Metrics()
         # Refusals are logged once per address and interval, then summed up.
         self.refusals = RefusalLimiter(clock)

@@ -35,6 +35,7 @@ from presence.server.session import (
     unfinished_too_much,
 )
 from presence.server.writer import supported, write_now
+from presence.wire import keepalive
 from presence.wire.errors import ProtocolError
 from presence.wire.framing import LINE, Framer
 
@@ -64,9 +65,16 @@ class LineProtocol(Protocol):
 
     session: Session  # from connectionMade on
     kind = "tcp"
+    # Tens of thousands of these sit idle: no __dict__ (Protocol's own
+    # attributes included).
+    __slots__ = (
+        "_counted", "_decided", "_direct", "_framer", "_held", "_max_line",
+        "_v0_timer", "connected", "factory", "host", "session", "transport",
+    )
 
     def __init__(self) -> None:
-        self.address = ""
+        self.connected = 0
+        self.transport = None
         self.host: str | None = None
         # Our own framer only while a message is unfinished; between
         # messages (nearly always) the shared one for our limit serves.
@@ -80,6 +88,11 @@ class LineProtocol(Protocol):
         self._held: list[bytes] | None = None
         self._v0_timer: IDelayedCall | None = None
 
+    @property
+    def address(self) -> str:
+        # Formatted when a log line needs it, not held by every connection.
+        return format_peer(self.transport.getPeer())
+
     # -- Protocol ------------------------------------------------------------
 
     def connectionMade(self) -> None:
@@ -88,9 +101,10 @@ class LineProtocol(Protocol):
         if ITCPTransport.providedBy(self.transport):
             # Small writes must not wait for the peer's delayed ACK.
             self.transport.setTcpNoDelay(True)
+        if server.config.heartbeat == "tcp":
+            keepalive.enable(self.transport, server.config.timeout)
         self._direct = supported(self.transport)
         peer: IAddress = self.transport.getPeer()
-        self.address = format_peer(peer)
         self.host = host_of(peer)
         self.session = Session(server, self)
         self.transport.registerProducer(self, True)

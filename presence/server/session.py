@@ -40,6 +40,11 @@ EXIT_REASONS = {
 # aborted (a client that does not read would otherwise hold it forever).
 CLOSE_FAILSAFE = 5.0
 
+# A turn's lines for one session go to the transport before the turn ends
+# once they reach this size: Twisted's transports pause their producer at
+# 64 KiB, and that is where slow-consumer accounting starts.
+FLUSH_EARLY = 64 * 1024
+
 
 class IPeer(Interface):
     """What a session needs of its front end."""
@@ -71,10 +76,10 @@ class Session:
     log = Logger()
     # Tens of thousands of these sit idle: no __dict__.
     __slots__ = (
-        "_exit", "_failsafe", "_inbox", "_next_turn", "_paused", "_paused_call",
-        "_pinged", "_queued", "_throttled", "_timeout", "_unsent", "claim",
-        "closing", "deadline", "deadline_seq", "friends", "host", "peer",
-        "server", "user_id", "v0",
+        "_exit", "_failsafe", "_inbox", "_next_turn", "_out", "_out_size",
+        "_paused", "_paused_call", "_pinged", "_queued", "_throttled", "_timeout",
+        "_unsent", "claim", "closing", "deadline", "deadline_seq", "friends",
+        "host", "peer", "server", "user_id", "v0", "watch_list",
     )
 
     def __init__(self, server: Server, peer: IPeer) -> None:
@@ -82,6 +87,7 @@ class Session:
         self.peer = peer
         self.host: str | None = peer.host
         self.user_id: int | None = None
+        self.watch_list: IdList | None = None  # the registry's (ISession)
         self.friends: IdList = id_list(())
         self.claim: frozenset[int] | None = None
         # Protocol v0: what replaces the pushed lines (see presence.server.v0).
@@ -91,6 +97,10 @@ class Session:
         self._exit = "connection closed"
         self._paused = False
         self._unsent = 0
+        # This turn's lines, written in one go when the turn ends (see
+        # presence.server.outbox); None while empty, as nearly always.
+        self._out: list[bytes] | None = None
+        self._out_size = 0  # of the lines after the first
         self._paused_call: IDelayedCall | None = None
         self._failsafe: IDelayedCall | None = None
         self._timeout: float | None = None
@@ -208,7 +218,7 @@ class Session:
             self.fatal(ProtocolError(ErrorCode.UNKNOWN))
         if self.v0 is not None and not self.closing:
             before = self.v0.pending
-            self.peer.write(self.v0.reply())
+            self._write(self.v0.reply())
             self.server.unsent += self.v0.pending - before
 
     def active(self) -> None:
@@ -274,6 +284,7 @@ class Session:
         self._drop_inbox()
         self._drop_unsent()
         self._drop_v0_events()
+        self._out = None  # the connection is gone: nowhere to write it
         for call in (self._paused_call, self._failsafe, self._next_turn):
             if call is not None and call.active():
                 call.cancel()
@@ -306,9 +317,14 @@ class Session:
         elif isinstance(message, Status):
             self.server.registry.set_status(self, message.change)
         elif isinstance(message, Friends):
-            self._set_friends(
-                message.apply(frozenset(self.friends), self.server.config.max_friends)
-            )
+            if message.friends is not None:
+                self._set_friends(message.friends)  # no set of the old list
+            else:
+                self._set_friends(
+                    message.apply(
+                        frozenset(self.friends), self.server.config.max_friends
+                    )
+                )
         elif isinstance(message, Bye):
             self._exit = "bye"
             self.close()
@@ -329,15 +345,18 @@ class Session:
                 ErrorCode.TOO_MANY_CONNECTIONS,
                 f"user {uid} has {config.max_sessions} sessions (--max-sessions)",
             )
+        self._room_for(message.friends if claim is None else message.friends & claim)
         self.user_id = uid
         self.friends = id_list(message.friends)
         self.claim = claim
         server.metrics.login()
-        self.deliver(wire.welcome(uid, config.timeout))
+        self.deliver(wire.welcome(uid, config.timeout, config.heartbeat))
         registry.login(self, self._watch(self.friends), message.change)
         # From now on the timer is the ping schedule: a ping after timeout/2 of
-        # silence, error 1 after another timeout/2.
-        self._set_timer(config.timeout / 2)
+        # silence, error 1 after another timeout/2.  With --heartbeat tcp the
+        # kernel's keepalive watches the peer: no timer at all, so an idle
+        # session costs the server nothing.
+        self._set_timer(config.timeout / 2 if config.heartbeat == "app" else None)
         self.log.info(
             "user {uid} joins ({n}) from {peer}",
             uid=uid,
@@ -361,8 +380,21 @@ class Session:
         self.deliver(wire.PONG)
 
     def _set_friends(self, friends: frozenset[int]) -> None:
+        claim = self.claim
+        self._room_for(friends if claim is None else friends & claim)
         self.friends = id_list(friends)
         self.server.registry.set_watch(self, self._watch(self.friends))
+
+    def _room_for(self, watch: frozenset[int]) -> None:
+        """Error 11 if watching C{watch} would pass --max-watches (the
+        session's current list, if any, gives its entries back)."""
+        registry, limit = self.server.registry, self.server.config.max_watches
+        current = registry.watch_size(self)
+        if len(watch) > current and registry.watches - current + len(watch) > limit:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_FRIENDS,
+                f"the server watches {limit} ids in all (--max-watches)",
+            )
 
     def _watch(self, friends: IdList) -> IdList:
         # A token's friends claim silently narrows what the session may watch.
@@ -398,8 +430,45 @@ class Session:
             ):
                 self.slow_consumer()
                 return
-        self.server.work += 1
-        self.server.metrics.deliveries += 1
+        server = self.server
+        server.work += 1
+        server.metrics.deliveries += 1
+        out = self._out
+        if out is None:
+            # The common case, a lone line: no size kept (FLUSH_EARLY is
+            # about many), and the outbox's bookkeeping inlined.
+            self._out = [data]
+            outbox = server.outbox
+            outbox.dirty.append(self)
+            if outbox.call is None:
+                outbox.schedule()
+            return
+        out.append(data)
+        size = self._out_size + len(data)
+        self._out_size = size
+        if size >= FLUSH_EARLY:
+            # Let the transport see it now: its buffer may be full, and
+            # then backpressure (and --max-buffer) counts what follows.
+            self.flush()
+
+    def flush(self) -> None:
+        """Write this turn's lines in one write (the outbox calls it)."""
+        out = self._out
+        if out is not None:
+            self._out = None
+            if len(out) == 1:
+                self.peer.write(out[0])
+            else:
+                self._out_size = 0
+                self.peer.write(b"".join(out))
+
+    def _write(self, data: bytes) -> None:
+        """Write C{data} now, after this turn's lines (so in order)."""
+        out, self._out = self._out, None
+        if out is not None:
+            self._out_size = 0
+            out.append(data)
+            data = b"".join(out)
         self.peer.write(data)
 
     def slow_consumer(self) -> None:
@@ -445,9 +514,9 @@ class Session:
             )
         if self.v0 is not None:
             self._drop_v0_events()
-            self.peer.write(self.v0.fatal(error.code))
+            self._write(self.v0.fatal(error.code))
         else:
-            self.peer.write(wire.error(error.code, error.detail))
+            self._write(wire.error(error.code, error.detail))
         if abort or self._paused:
             self.closing = True
             self._set_timer(None)
@@ -461,6 +530,7 @@ class Session:
             return
         self.closing = True
         self._set_timer(None)
+        self.flush()
         self.peer.close()
         self._failsafe = self.server.clock.callLater(CLOSE_FAILSAFE, self.peer.abort)
 

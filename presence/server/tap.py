@@ -40,6 +40,8 @@ log = Logger()
 FD_RESERVE = 16
 
 
+HEARTBEATS = ("app", "tcp")
+
 # Numeric options: their type, and whether 0 means something (no grace, exact
 # timers) or nothing (a zero timeout or limit would refuse everyone).
 NUMBERS: dict[str, tuple[type[int] | type[float], bool]] = {
@@ -48,6 +50,7 @@ NUMBERS: dict[str, tuple[type[int] | type[float], bool]] = {
     "timer-slack": (float, True),
     "max-line": (int, False),
     "max-friends": (int, False),
+    "max-watches": (int, False),
     "max-connections": (int, False),
     "max-per-ip": (int, False),
     "max-sessions": (int, False),
@@ -96,6 +99,10 @@ class Options(ClusterOptions, usage.Options):
         ["timeout", "t", 15.0,
          "Seconds of silence before a client is dropped (error 1); the server "
          "pings after half of it. Also the login timeout."],
+        ["heartbeat", None, "app",
+         "app: the server pings a silent client after half the timeout and "
+         "drops it (error 1) after the timeout; tcp: no pings and no idle "
+         "drop, TCP keepalive (derived from --timeout) finds dead peers."],
         ["offline-grace", None, 0.0,
          "Seconds a user whose last session ended stays online for others, in "
          "case it comes back."],
@@ -103,6 +110,9 @@ class Options(ClusterOptions, usage.Options):
          "open: a watcher sees whom it lists; mutual: only those who list it too."],
         ["max-line", None, MIB, "Longest line accepted, in bytes (error 9)."],
         ["max-friends", None, 10_000, "Most ids in a watch list (error 11)."],
+        ["max-watches", None, 10_000_000,
+         "Most watch-list entries of all sessions together (a login or list "
+         "that would pass it: error 11)."],
         ["max-connections", None, 20_000, "Most connections at once (error 16)."],
         ["max-per-ip", None, 1_000,
          "Most connections from one source address (error 16)."],
@@ -171,6 +181,9 @@ class Options(ClusterOptions, usage.Options):
         check_cluster(self)
         if self["visibility"] not in ("open", "mutual"):
             raise usage.UsageError("--visibility must be open or mutual")
+        if self["heartbeat"] not in HEARTBEATS:
+            raise usage.UsageError(
+                f"--heartbeat must be app or tcp, not {self['heartbeat']!r}")
         if self["log-format"] not in LOG_FORMATS:
             raise usage.UsageError(
                 f"--log-format must be {' or '.join(LOG_FORMATS)}, "
@@ -208,10 +221,12 @@ class Options(ClusterOptions, usage.Options):
     def config(self, max_connections: int | None = None) -> Config:
         return Config(
             timeout=self["timeout"],
+            heartbeat=self["heartbeat"],
             offline_grace=self["offline-grace"],
             mutual=self["visibility"] == "mutual",
             max_line=self["max-line"],
             max_friends=self["max-friends"],
+            max_watches=self["max-watches"],
             max_connections=max_connections or self["max-connections"],
             max_per_ip=self["max-per-ip"],
             max_sessions=self["max-sessions"],
@@ -404,6 +419,8 @@ def websocket_site(server: Server, allowed_origins: list[str]) -> Site:
                 lambda peer: Session(server, peer),
                 server.config.max_line,
                 allowed_origins,
+                # --heartbeat tcp: upgraded connections get TCP keepalive.
+                server.config.timeout if server.config.heartbeat == "tcp" else None,
             )
         )
     )

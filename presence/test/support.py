@@ -110,7 +110,12 @@ class FakeClient(ClientDouble):
         self.proto.dataReceived(data)
 
     def received(self) -> list[dict[str, Any]]:
-        """Every line written since the last call, parsed."""
+        """Every line written since the last call, parsed.
+
+        The client reads after the server's reactor turn: what the server's
+        outbox holds is written first (without running other calls due).
+        """
+        self.proto.factory.server.outbox.flush()
         data = self.transport.value()
         self.transport.clear()
         lines = data.split(b"\n")
@@ -144,6 +149,7 @@ class WebSocketFakeClient(ClientDouble):
         assert self.channel is not None
         self.connection = self.channel
         self.channel.makeConnection(self.transport)
+        self.server = server
         self.ws = WSConnection(ConnectionType.CLIENT)
         before = set(server.connections)
         self.channel.dataReceived(self.ws.send(Request(host="presence", target="/ws")))
@@ -164,6 +170,7 @@ class WebSocketFakeClient(ClientDouble):
     def _read(self) -> None:
         from wsproto.events import CloseConnection
 
+        self.server.outbox.flush()  # the turn ends before the client reads
         data = self.transport.value()
         self.transport.clear()
         if data:

@@ -265,6 +265,7 @@ class Conn:
         self.proto.dataReceived(data)
 
     def received(self) -> list[dict[str, Any]]:
+        self.proto.factory.server.outbox.flush()  # the server's turn ends
         data = self.transport.value()
         self.transport.clear()
         assert data == b"" or data.endswith(b"\n"), data

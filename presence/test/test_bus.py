@@ -172,6 +172,50 @@ class MutualTests(TwoNodes):
         self.assertEqual(w.take(), [offline(2, START)])
 
 
+class SecondNodeLaterTests(unittest.SynchronousTestCase):
+    """A hub that had one node (users kept as bare states) gets a second."""
+
+    def test_second_node_joins_a_single_node_hub(self) -> None:
+        """Users held by the first node, in a ghost too, are seen right from
+        the second node; their sessions add up, and they go offline when
+        the first node's sessions end."""
+        clock = Clock()
+        clock.advance(START)
+        hub = MemoryHub()
+        a = Registry(clock, offline_grace=5.0, bus=hub.bus("a"))
+        change = wire.status_fields({"status": "away"}, required=False)
+        s2 = FakeSession(2)
+        a.login(s2, frozenset(), change)
+        s3 = FakeSession(3)
+        a.login(s3, frozenset(), change)
+        a.logout(s3)  # a ghost during the grace
+        b = Registry(clock, offline_grace=5.0, bus=hub.bus("b"))
+        w = FakeSession(1)
+        b.login(w, frozenset({2, 3}), wire.status_fields({}, required=False))
+        self.assertEqual(
+            sorted(w.take(), key=lambda e: e["user_id"]),
+            [online(2, "away"), online(3, "away")],
+        )
+        other = FakeSession(2)
+        b.login(other, frozenset(), wire.status_fields({}, required=False))
+        self.assertEqual(b.session_count(2), 2)
+        b.logout(other)
+        clock.advance(1)
+        a.logout(s2)
+        clock.advance(5)
+        self.assertEqual(w.take(), [offline(3, START), offline(2, START + 1)])
+        self.assertIsNone(hub.state(2))
+
+    def test_single_node_lost(self) -> None:
+        """The only node lost: its users are gone from the hub."""
+        hub = MemoryHub()
+        bus = hub.bus("a")
+        bus.publish(5, Share(1), None, START)
+        self.assertIsNotNone(hub.state(5))
+        hub.node_lost("a", START + 1)
+        self.assertIsNone(hub.state(5))
+
+
 class FollowerTests(TwoNodes):
     """Who follows a user, as nodes come and go: each hears while it follows."""
 

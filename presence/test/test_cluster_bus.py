@@ -19,7 +19,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from presence.cluster import scripts
-from presence.cluster.bus import CHUNK, RedisBus
+from presence.cluster.bus import CHUNK, REAP_BATCH, RedisBus
 from presence.cluster.connection import RedisAddress
 from presence.cluster.redisserver import (
     RedisMissing,
@@ -369,6 +369,60 @@ class NodeFailure(RedisCase):
         self.assertEqual(lb.states[-1].last_seen, 2.5)
         a.running = False
 
+    async def kill_with_many(self, n: int) -> tuple[RedisBus, Listener, int]:
+        """Node a holds users 1..n (user 7 also on b) and dies; b, which
+        follows them all, is the survivor.  Returns b, its listener and how
+        many APPLY calls b had made before the death."""
+        ttl = 1.0
+        a, _ = await self.node("a", ttl)
+        b, lb = await self.node("b", ttl)
+        for uid in range(1, n + 1):
+            a.publish(uid, Share(1), None, 1.0)
+        b.publish(7, Share(1), None, 1.0)
+        b.follow(range(1, n + 1))
+        await self.sync(a, b)
+        self.assertEqual(len(lb.view), n)
+        applies = b.stats["applies"]
+        a._beat.stop()
+        for svc in a._services:
+            svc.stopService()
+        self.addCleanup(setattr, a, "running", False)
+        await lb.until(lambda: set(lb.view) == {7}, ttl + 5)
+        await self.sync(b)
+        self.assertEqual(
+            sorted(s.uid for s in lb.states if not s.present),
+            [uid for uid in range(1, n + 1) if uid != 7],
+        )
+        self.assertEqual(self.redis.command("HGETALL", scripts.DEAD), [])
+        return b, lb, applies
+
+    @async_test
+    async def test_dead_node_cleanup_batched(self) -> None:
+        """A dead node's users are removed REAP_BATCH per script, not one
+        script each: each goes offline once, a user also on the survivor
+        stays online."""
+        n = 2 * REAP_BATCH + 50
+        b, _, applies = await self.kill_with_many(n)
+        self.assertEqual(b.stats["reap_scripts"], 3)
+        self.assertEqual(b.stats["applies"], applies)
+
+    @async_test
+    async def test_dead_node_cleanup_one_by_one_on_crossslot(self) -> None:
+        """Where Redis refuses a script over several users' slots (CROSSSLOT,
+        Redis Cluster), the cleanup falls back to one script per user."""
+        refusing = scripts.Script(
+            "reap_many",
+            "return redis.error_reply('CROSSSLOT Keys in request do not hash "
+            "to the same slot')",
+        )
+        self.patch(scripts, "REAP_MANY", refusing)
+        self.patch(scripts, "SCRIPTS", tuple(
+            refusing if s.name == "reap_many" else s for s in scripts.SCRIPTS))
+        n = REAP_BATCH + 20
+        b, _, applies = await self.kill_with_many(n)
+        self.assertEqual(b.stats["reap_scripts"], 2)
+        self.assertEqual(b.stats["applies"] - applies, n)
+
     @async_test
     async def test_back_elsewhere_before_death_noticed(self) -> None:
         """A user away on a node that dies, who logs in on another node (no
@@ -632,3 +686,66 @@ class RedisOutage(RedisCase):
         a.publish(1, Share(1), None, 1.0)
         await lb.until(lambda: 1 in lb.view, 10)
         self.assertEqual(self.redis.command("HGET", scripts.state_key(1), "p"), b"1")
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+
+class _Subscriber:
+    """What the bus's liveness check reads of a subscriber connection."""
+
+    received = 0
+    counted = 0
+    heard = 0.0
+
+    def __init__(self) -> None:
+        self.transport = _Transport()
+        self.pings = 0
+
+    def ping(self) -> defer.Deferred[None]:
+        self.pings += 1
+        return defer.Deferred()
+
+
+class Silence(unittest.SynchronousTestCase):
+    """The liveness check tells a silent connection from a slow one."""
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.bus = RedisBus(RedisAddress.parse("redis://127.0.0.1:1/0"), "n",
+                            10.0, reactor=self.clock)
+        self.sub = _Subscriber()
+        self.bus._sub = self.sub  # type: ignore[assignment]
+
+    def tick(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.bus._tick()
+
+    def test_silent_connection_dropped(self) -> None:
+        """A PING unanswered, and nothing else received, for longer than
+        `silence` seconds: the connection is dropped, not before."""
+        self.tick(0)
+        self.assertEqual(self.sub.pings, 1)
+        while self.clock.seconds() <= self.bus.silence:
+            self.assertFalse(self.sub.transport.aborted)
+            self.tick(self.bus.interval)
+        self.assertTrue(self.sub.transport.aborted)
+
+    def test_backlogged_connection_kept(self) -> None:
+        """A PING whose answer waits behind events still arriving (a node
+        short of CPU reading a backlog) does not drop the connection; once
+        the events stop too, it is dropped."""
+        self.tick(0)
+        for _ in range(int(3 * self.bus.silence / self.bus.interval)):
+            self.sub.received += 7
+            self.tick(self.bus.interval)
+            self.assertFalse(self.sub.transport.aborted)
+        self.assertEqual(self.sub.pings, 1)
+        while self.clock.seconds() <= 4 * self.bus.silence + self.bus.interval:
+            self.tick(self.bus.interval)
+        self.assertTrue(self.sub.transport.aborted)

@@ -14,9 +14,10 @@ each import is checked against L{LAYERS}:
                                                        zope.interface only
     presence.server    wire, core, cluster             any
     presence.cluster   wire, core                      any
+    ...redisserver     nothing                         nothing
     presence.client    wire                            any
     presence.cli       wire, client                    any
-    presence.bench     wire, cluster                   any
+    presence.bench     wire, cluster.redisserver       any
     presence.test      (exempt)
     =================  ==============================  ===========================
 
@@ -87,12 +88,15 @@ LAYERS: tuple[Layer, ...] = (
         frozenset({"presence.wire", "presence.core", "presence.cluster"}),
     ),
     Layer("presence.cluster", frozenset({"presence.wire", "presence.core"})),
+    # A throw-away redis-server for tests and benchmarks: the standard library
+    # only, so that the bench can start one without importing the bus.
+    Layer("presence.cluster.redisserver", frozenset(), foreign=(), foreign_typing=()),
     Layer("presence.client", frozenset({"presence.wire"})),
     Layer("presence.cli", frozenset({"presence.wire", "presence.client"})),
-    # The bench starts the server as a process and talks to it over sockets.
-    # It may start a throw-away redis-server (cluster.redisserver) to compare
-    # with or to cluster through.
-    Layer("presence.bench", frozenset({"presence.wire", "presence.cluster"})),
+    # The bench starts the server as a process and talks to it over sockets
+    # (and, for --cluster, a redis-server).
+    Layer("presence.bench",
+          frozenset({"presence.wire", "presence.cluster.redisserver"})),
 )
 
 EXEMPT = ("presence.test",)

@@ -186,6 +186,7 @@ class FramingTests(ErrorAssertions):
         c = self.h.connect()
         c.transport.clear()
         c.send(b'{"user_id": 1, "friends": [2, 3, 4]}\n')
+        self.h.server.outbox.flush()  # the turn ends
         self.assertEqual(
             c.transport.value(), b'{"type":"welcome","user_id":1,"timeout":15}\n'
         )
@@ -208,6 +209,7 @@ class FramingTests(ErrorAssertions):
         """\\r\\n terminates a line like \\n; the server writes \\n."""
         c = self.h.connect()
         c.send(b'{"user_id": 1}\r\n{"type": "ping"}\r\n')
+        self.h.server.outbox.flush()  # the turn ends
         self.assertEqual(c.transport.value().count(b"\r"), 0)
         self.assertEqual([m["type"] for m in c.received()], ["welcome", "pong"])
 

@@ -58,6 +58,7 @@ class GateTests(unittest.TestCase):
         self.assertEqual(proto.address, "203.0.113.7:5555")
         self.assertEqual(proto.host, "203.0.113.7")
         self.assertEqual(len(self.lines.server.connections), 1)
+        self.lines.server.outbox.flush()  # the turn ends
         self.assertIn(b'"welcome"', transport.value())
 
     def test_header_alone_then_login(self) -> None:
@@ -68,6 +69,7 @@ class GateTests(unittest.TestCase):
         self.assertEqual(len(self.lines.server.connections), 0)
         wrapper.dataReceived(LOGIN)
         self.assertEqual(self.inner(wrapper).address, "203.0.113.7:5555")
+        self.lines.server.outbox.flush()  # the turn ends
         self.assertIn(b'"welcome"', transport.value())
 
     def test_writes_and_backpressure_through_the_wrapper(self) -> None:

@@ -41,6 +41,7 @@ class FakeSession:
 
     def __init__(self, user_id: int, name: str = "") -> None:
         self.user_id = user_id
+        self.watch_list: object = None  # the registry's slot
         self.name = name or f"s{user_id}"
         self.calls: list[bytes] = []
 

@@ -87,12 +87,12 @@ class OptionsTests(SynchronousTestCase):
             "--timeout", "30", "--offline-grace", "2.5", "--visibility", "mutual",
             "--max-line", "4096", "--max-friends", "50", "--max-connections", "99",
             "--max-per-ip", "7", "--max-sessions", "3", "--max-buffer", "2048",
-            "--timer-slack", "0.5",
+            "--timer-slack", "0.5", "--max-watches", "5000",
         )
         self.assertEqual(options.config(), Config(
             timeout=30, offline_grace=2.5, mutual=True, max_line=4096,
             max_friends=50, max_connections=99, max_per_ip=7, max_sessions=3,
-            max_buffer=2048, timer_slack=0.5))
+            max_buffer=2048, timer_slack=0.5, max_watches=5000))
 
     def test_bad_values(self) -> None:
         """Bad values are usage errors, not tracebacks."""
@@ -105,7 +105,7 @@ class OptionsTests(SynchronousTestCase):
         """NaN, infinities, negatives, zero where zero means nothing, and
         non-numbers are refused for every numeric option, naming the option."""
         positive = ["timeout", "max-line", "max-friends", "max-connections",
-                    "max-per-ip", "max-sessions", "max-buffer"]
+                    "max-per-ip", "max-sessions", "max-buffer", "max-watches"]
         non_negative = ["offline-grace", "timer-slack"]
         for name in positive + non_negative:
             bad = ["nan", "NaN", "inf", "-inf", "Infinity", "1e999", "-1", "-0.5",
@@ -120,7 +120,7 @@ class OptionsTests(SynchronousTestCase):
     def test_integers_are_whole(self) -> None:
         """Byte and count limits take whole numbers only."""
         for name in ("max-line", "max-friends", "max-connections", "max-per-ip",
-                     "max-sessions", "max-buffer"):
+                     "max-sessions", "max-buffer", "max-watches"):
             for value in ("1.5", "1e3"):
                 self.assertRaises(usage.UsageError, self.parse, f"--{name}", value)
 
@@ -131,6 +131,16 @@ class OptionsTests(SynchronousTestCase):
         with self.assertRaises(usage.UsageError) as e:
             self.parse("--log-format", "xml")
         self.assertIn("--log-format", str(e.exception))
+
+    def test_heartbeat(self) -> None:
+        """--heartbeat is app (default) or tcp, and reaches the configuration;
+        anything else is refused, naming the option."""
+        self.assertEqual(self.parse().config().heartbeat, "app")
+        self.assertEqual(self.parse("--heartbeat", "tcp").config().heartbeat, "tcp")
+        for value in ("TCP", "none", ""):
+            with self.assertRaises(usage.UsageError) as e:
+                self.parse("--heartbeat", value)
+            self.assertIn("--heartbeat", str(e.exception))
 
     def test_zero_where_it_means_something(self) -> None:
         """0 is a valid --offline-grace (none) and --timer-slack (exact timers)."""

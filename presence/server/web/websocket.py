@@ -58,6 +58,7 @@ from zope.interface import implementer
 from presence.server.context import host_of
 from presence.server.logs import format_peer
 from presence.server.session import IPeer, Session
+from presence.wire import keepalive
 from presence.wire.errors import ErrorCode, ProtocolError
 
 BINARY = b"\xff"
@@ -93,12 +94,13 @@ class WebSocketPeer:
     kind = "websocket"
     __slots__ = (
         "_batch", "_delivered", "_paused", "_unfinished", "address", "closing", "host",
-        "limit", "make_session", "max_message", "origin", "request", "session",
-        "tcp", "ws",
+        "keepalive", "limit", "make_session", "max_message", "origin", "request",
+        "session", "tcp", "ws",
     )
 
     def __init__(
-        self, request: Request, make_session: SessionFactory, max_message: int
+        self, request: Request, make_session: SessionFactory, max_message: int,
+        keepalive: float | None = None,
     ) -> None:
         self.request: Request | None = request
         client = request.getClientAddress()
@@ -107,6 +109,7 @@ class WebSocketPeer:
         self.origin = (request.getHeader(b"origin") or b"").decode("latin-1")
         self.make_session = make_session
         self.max_message = max_message
+        self.keepalive = keepalive  # the timeout TCP keepalive follows, or None
         self.limit = max_message + SLACK
         self.ws: WebSocketTransport | None = None
         self.tcp: Any = None
@@ -142,6 +145,8 @@ class WebSocketPeer:
         # The HTTP channel was the transport's producer until the upgrade.
         self.tcp.unregisterProducer()
         self.ws.attachProducer(self)
+        if self.keepalive is not None:
+            keepalive.enable(self.tcp, self.keepalive)
         self.session = self.make_session(self)
         self.session.start()
 
@@ -267,12 +272,16 @@ class WebSocketPeer:
 class WebSocketFrontEnd:
     """twisted.web.websocket's server factory: a L{WebSocketPeer} per upgrade."""
 
-    def __init__(self, make_session: SessionFactory, max_message: int) -> None:
+    def __init__(self, make_session: SessionFactory, max_message: int,
+                 keepalive: float | None = None) -> None:
         self.make_session = make_session
         self.max_message = max_message
+        self.keepalive = keepalive
 
     def buildProtocol(self, request: Request) -> WebSocketPeer:
-        return WebSocketPeer(request, self.make_session, self.max_message)
+        return WebSocketPeer(
+            request, self.make_session, self.max_message, self.keepalive
+        )
 
 
 class OriginCheckedResource(WebSocketResource):
@@ -298,8 +307,13 @@ def websocket_resource(
     make_session: SessionFactory,
     max_message: int,
     allowed_origins: Collection[str] = (),
+    keepalive: float | None = None,
 ) -> OriginCheckedResource:
-    """The resource to put at C{/ws} (see L{presence.server.web.resources})."""
+    """The resource to put at C{/ws} (see L{presence.server.web.resources}).
+
+    C{keepalive}: the timeout from which upgraded TCP connections' keepalive
+    is derived (C{--heartbeat tcp}, L{presence.wire.keepalive}), or None.
+    """
     return OriginCheckedResource(
-        WebSocketFrontEnd(make_session, max_message), allowed_origins
+        WebSocketFrontEnd(make_session, max_message, keepalive), allowed_origins
     )

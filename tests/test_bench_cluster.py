@@ -1,0 +1,70 @@
+"""End-to-end: ``presence-bench --cluster 2`` starts a redis-server and two
+nodes, runs its phases, and counts every change's deliveries.
+
+Tiny numbers and no timing thresholds: this checks that the mode works, that
+nothing is lost or told twice across the nodes, and that the JSON and the
+report hold every cluster figure, not how fast anything is.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from redisfixtures import require_redis
+from test_bench import bench_command
+
+
+def test_bench_cluster_end_to_end(tmp_path: Path) -> None:
+    """A tiny two-node run logs every user in, spreads them over both nodes
+    with nearly every friend on the other one, loses and duplicates no
+    delivery, and reports cross-node latency, the nodes' and Redis's CPU,
+    Redis's memory per user and logins per second."""
+    require_redis()
+    out = tmp_path / "results.json"
+    cmd = [
+        *bench_command(), "--cluster", "2",
+        "--users", "200", "--friends", "5", "--seed", "3",
+        "--hold", "1", "--rates", "100", "--phase-seconds", "2",
+        "--churn-seconds", "0", "--drain-timeout", "20",
+        "--server-log", str(tmp_path / "node.log"),
+        "--out", str(out), "--no-progress",
+    ]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for text in ("cross-node friend edges", "deliveries lost or duplicated",
+                 "logins with snapshot", "Redis memory"):
+        assert text in proc.stdout, text
+
+    results = json.loads(out.read_text())
+    cluster = results["cluster"]
+    assert len(cluster["nodes"]) == 2
+    assert len({n["pid"] for n in cluster["nodes"]}) == 2
+    assert cluster["redis"]["pid"]
+    assert cluster["cross_node_edges"] > 0.9
+    assert (tmp_path / "node.log.0").exists() and (tmp_path / "node.log.1").exists()
+
+    login = results["login"]
+    assert login["complete"] == 200
+    for key in ("logins_per_s", "redis_bytes_per_user", "redis_cpu_us_per_login",
+                "server_cpu_us_per_login"):
+        assert login[key] is not None, key
+
+    [phase] = results["fanout"]
+    check = phase["exactly_once"]
+    assert check["changes_seen"] == phase["events_sent"] > 0
+    assert (check["lost"], check["duplicated"]) == (0, 0)
+    assert phase["missing_deliveries"] == 0
+    assert phase["deliveries"] == phase["expected_deliveries"]
+    assert phase["latency"]["count"] > 0
+    for key in ("p50_ms", "p99_ms"):
+        assert phase["latency"][key] is not None, key
+    for key in ("cpu_us_per_delivery_net", "redis_cpu_us_per_change",
+                "redis_cpu_us_per_change_net"):
+        assert phase[key] is not None, key
+
+    names = {t["name"] for t in results["targets"]}
+    assert "deliveries lost or duplicated" in names
+    assert "Redis CPU per presence change" in names
