@@ -167,6 +167,7 @@ def compare(
         "friends": opts.friends,
         "seed": opts.seed,
         "rates": [rate_key(r) for r in opts.rates],
+        "transport": opts.transport,
         "rounds": rounds,
         "loadavg_start": list(os.getloadavg()),
     }

@@ -112,6 +112,7 @@ class Options:
     login_timeout: float = 0.0  # 0: automatic
     wait_quiet: float = 0.0  # seconds to wait for other processes to quieten
     server_log: Path | None = None
+    transport: str = "lines"  # or "websocket" (presence.bench.wsbench)
 
 
 class ServerProcess(Protocol):
@@ -391,6 +392,7 @@ class Bench:
             "users": o.users,
             "friends": o.friends,
             "seed": o.seed,
+            "transport": o.transport,
             "timeout": o.timeout if launching else None,
             "heartbeat": heartbeat_of(o.server_args) if launching else None,
         }
