@@ -68,6 +68,7 @@ class RedisBench(Bench):
     """The bench's run with redis-server as the server and Redis clients."""
 
     worker_class = RedisWorker
+    transport = "redis"
 
     def launch(self, limit: int) -> ServerProcess:
         launched = LaunchedRedis(self.opts.users + 200, self.server_cpus or None)

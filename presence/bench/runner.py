@@ -156,6 +156,7 @@ class Bench:
     """
 
     worker_class: type[loadgen.Worker] = loadgen.Worker  # the load's client
+    transport = "lines"  # what that client speaks (meta "transport")
 
     def __init__(self, opts: Options) -> None:
         self.opts = opts
@@ -392,7 +393,7 @@ class Bench:
             "users": o.users,
             "friends": o.friends,
             "seed": o.seed,
-            "transport": o.transport,
+            "transport": self.transport,
             "timeout": o.timeout if launching else None,
             "heartbeat": heartbeat_of(o.server_args) if launching else None,
         }

@@ -35,6 +35,7 @@ class WebSocketBench(Bench):
     """The bench run with every user a WebSocket client of the server."""
 
     worker_class = WebSocketWorker
+    transport = "websocket"
 
     websocket: tuple[str, int] | None = None  # the port the bench started
 
