@@ -16,7 +16,10 @@ are written straight into a shared array of doubles, one row per worker
 
 Clients behave like real idle clients: they answer the server's C{ping}
 with C{pong} and otherwise stay silent unless a phase makes them change
-their status or reconnect.
+their status or reconnect.  They speak the line protocol; subclasses speak
+it over WebSocket (L{presence.bench.wsload}) or speak Redis instead
+(L{presence.bench.redisload}), each message still handled by L{Worker.messages}
+or its like.
 
 Latency: a status change carries C{text="t:<phase>:<time.time()>"}; the
 watcher that receives it subtracts that from its own C{time.time()} (all
