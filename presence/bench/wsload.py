@@ -148,6 +148,14 @@ class FrameReader:
         pos, n = 0, len(buf)
         while n - pos >= 2 and not self.closed:
             b0, b1 = buf[pos], buf[pos + 1]
+            if b0 == 0x81 and b1 < 126 and self.fragments is None:
+                # The server's usual frame: a whole, short text message.
+                end = pos + 2 + b1
+                if end > n:
+                    break
+                messages.append(buf[pos + 2:end])
+                pos = end
+                continue
             length = b1 & 0x7F
             start = pos + 2
             if length == 126:
