@@ -116,7 +116,8 @@ def plot_ratios(comparison: dict[str, Any], path: Path) -> None:
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_xlabel("presence / Redis, medians of the rounds")
     meta = comparison["meta"]
-    ax.set_title(f"presence against Redis pub/sub: {meta['users']} users x "
+    over = " over WebSocket" if meta.get("transport") == "websocket" else ""
+    ax.set_title(f"presence{over} against Redis pub/sub: {meta['users']} users x "
                  f"{meta['friends']} friends, {meta['rounds']} rounds each\n"
                  f"{meta['date']}, load average {meta['loadavg_start'][0]:.1f}",
                  fontsize=9)
