@@ -1,4 +1,5 @@
-"""End-to-end: ``presence-bench --quick``, alone and ``--against redis``.
+"""End-to-end: ``presence-bench --quick``, alone and ``--against redis``, over
+the line protocol and over WebSocket (``--transport websocket``).
 
 CI runs these to keep the tool working.  They check that each run finishes,
 prints its table and writes every figure; never how fast anything was.
@@ -45,6 +46,30 @@ def test_quick(tmp_path: Path) -> None:
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_quick_websocket(tmp_path: Path) -> None:
+    """presence-bench --quick --transport websocket starts the server with a
+    WebSocket port, logs every user in over /ws, runs every phase with
+    deliveries and latencies, and says so in its output and JSON."""
+    out = tmp_path / "quick-ws.json"
+    proc = run(tmp_path, "--transport", "websocket", "--out", str(out))
+    assert "users over WebSocket tcp:127.0.0.1:" in proc.stdout
+    results = json.loads(out.read_text())
+    meta = results["meta"]
+    assert meta["transport"] == "websocket"
+    assert meta["server"]["websocket"].startswith("tcp:127.0.0.1:")
+    assert any(a.startswith("--websocket") for a in meta["server"]["argv"])
+    assert results["login"]["complete"] == 200
+    assert results["login"]["rss_per_conn"] is not None
+    assert [p["rate"] for p in results["fanout"]] == [200, None]
+    for phase in [*results["fanout"], results["churn"]]:
+        assert phase["deliveries"] > 0, phase["label"]
+        assert phase["errors"] == 0, phase["label"]
+        assert phase["cpu_us_per_delivery"] is not None, phase["label"]
+        assert phase["latency"]["p99_ms"] is not None, phase["label"]
+    for phase in results["fanout"]:
+        assert phase["missing_deliveries"] == 0, phase["label"]
+
+
 def test_quick_against_redis(tmp_path: Path) -> None:
     """presence-bench --against redis --quick runs one round on a
     redis-server it starts and one on presence, prints the comparison, and
@@ -72,3 +97,31 @@ def test_quick_against_redis(tmp_path: Path) -> None:
         assert len(summary[key]["redis"]) == len(summary[key]["presence"]) == 1
     assert lines[2]["meta"]["loadavg_start"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quick_against_redis_websocket(tmp_path: Path) -> None:
+    """presence-bench --against redis --quick --transport websocket runs the
+    Redis round as ever and the presence round over WebSocket, and writes
+    every figure's ratio."""
+    if shutil.which("redis-server") is None:
+        if required():
+            pytest.fail(missing_message() + " (CI=true: never skipped)")
+        pytest.skip(missing_message())
+    out = tmp_path / "against-ws.jsonl"
+    proc = run(tmp_path, "--against", "redis", "--transport", "websocket",
+               "--out", str(out))
+    assert "presence over websocket" in proc.stdout
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(x["kind"], x.get("server")) for x in lines] == [
+        ("round", "redis"), ("round", "presence"), ("summary", None)]
+    redis, presence = (r["results"] for r in lines[:2])
+    assert presence["meta"]["transport"] == "websocket"
+    assert "websocket" in presence["meta"]["server"]
+    assert "websocket" not in redis["meta"]["server"]
+    assert redis["meta"]["transport"] == "redis"
+    assert presence["login"]["complete"] == redis["login"]["complete"] == 200
+    assert lines[2]["meta"]["transport"] == "websocket"
+    summary = lines[2]["summary"]
+    for key in ("rss_per_conn_kib", "cpu_us@200", "cpu_us@max", "p50_ms@200",
+                "p99_ms@200", "p99_ms@max", "deliveries_per_s@max"):
+        assert summary[key]["ratio"] is not None, key

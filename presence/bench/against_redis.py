@@ -68,6 +68,7 @@ class RedisBench(Bench):
     """The bench's run with redis-server as the server and Redis clients."""
 
     worker_class = RedisWorker
+    transport = "redis"
 
     def launch(self, limit: int) -> ServerProcess:
         launched = LaunchedRedis(self.opts.users + 200, self.server_cpus or None)
@@ -167,6 +168,7 @@ def compare(
         "friends": opts.friends,
         "seed": opts.seed,
         "rates": [rate_key(r) for r in opts.rates],
+        "transport": opts.transport,
         "rounds": rounds,
         "loadavg_start": list(os.getloadavg()),
     }

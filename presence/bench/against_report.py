@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from presence.bench.against_redis import METRICS, TARGET_CPU_RATIO, compare
+from presence.bench.against_redis import BENCHES, METRICS, TARGET_CPU_RATIO, compare
 from presence.bench.report import _fmt, _table
 from presence.bench.runner import Options
+from presence.bench.wsbench import bench_for
 from presence.cluster.redisserver import RedisMissing
 
 
@@ -48,7 +49,8 @@ def print_comparison(comparison: dict[str, Any], out: TextIO) -> None:
     out.write(
         f"\npresence-bench --against redis {meta['date']}: {meta['users']} users, "
         f"{meta['friends']} friends each (seed {meta['seed']}), {meta['rounds']} "
-        f"round(s) each, alternating; code {meta['source']}; load average "
+        f"round(s) each, alternating; presence over {meta.get('transport', 'lines')}; "
+        f"code {meta['source']}; load average "
         f"{meta['loadavg_start'][0]:.2f} at start, {meta['loadavg_end'][0]:.2f} "
         "at end\n\n"
     )
@@ -114,7 +116,8 @@ def plot_ratios(comparison: dict[str, Any], path: Path) -> None:
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_xlabel("presence / Redis, medians of the rounds")
     meta = comparison["meta"]
-    ax.set_title(f"presence against Redis pub/sub: {meta['users']} users x "
+    over = " over WebSocket" if meta.get("transport") == "websocket" else ""
+    ax.set_title(f"presence{over} against Redis pub/sub: {meta['users']} users x "
                  f"{meta['friends']} friends, {meta['rounds']} rounds each\n"
                  f"{meta['date']}, load average {meta['loadavg_start'][0]:.1f}",
                  fontsize=9)
@@ -129,7 +132,8 @@ def run_against(
 ) -> int:
     """C{presence-bench --against redis}: run, print, write; the exit code."""
     try:
-        comparison = compare(opts, rounds)
+        presence = ("presence", bench_for(opts.transport))
+        comparison = compare(opts, rounds, benches=(BENCHES[0], presence))
     except RedisMissing as e:
         raise SystemExit(f"presence-bench: {e}") from None
     print_comparison(comparison, sys.stdout)

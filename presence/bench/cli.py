@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, default=None, help="write a PNG plot here")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars on stderr")
+    p.add_argument("--transport", choices=["lines", "websocket"], default="lines",
+                   help="how the users speak to presence: JSON lines over TCP "
+                   "(lines, the default) or one JSON message per WebSocket text "
+                   "frame at /ws of a --websocket port the bench adds (websocket; "
+                   "with --server, HOST:PORT is then the WebSocket port)")
     p.add_argument("--against", choices=["redis"], default=None,
                    help="compare with redis-server pub/sub on the same load, in "
                    "alternating rounds (docs/performance.rst, 'Against Redis')")
@@ -125,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         # psutil, tqdm and matplotlib come with the "bench" extra, not with
         # the server: say so instead of failing with a traceback.
         from presence.bench.report import print_report, targets, write_json, write_plot
-        from presence.bench.runner import Bench, Options
+        from presence.bench.runner import Options
         from presence.bench.server import parse_server
+        from presence.bench.wsbench import bench_for
 
         if args.plot:
             import matplotlib  # noqa: F401  (write_plot imports it late)
@@ -145,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("presence-bench: --rounds must be 1..20")
     if args.cluster and (args.cluster < 2 or args.cluster > 16 or args.server):
         raise SystemExit("presence-bench: --cluster must be 2..16, without --server")
+    if args.cluster and args.transport != "lines":
+        raise SystemExit("presence-bench: --cluster drives the line protocol only; "
+                         "no --transport websocket")
     if args.against and args.cluster:
         raise SystemExit("presence-bench: --against compares one server; "
                          "no --cluster")
@@ -179,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         login_timeout=args.login_timeout,
         server_log=args.server_log,
         wait_quiet=args.wait_quiet,
+        transport=args.transport,
     )
     if args.against:
         from presence.bench.against_report import run_against
@@ -195,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"presence-bench: --cluster: {e}") from None
         results["targets"] = cluster_targets(results)
     else:
-        results = Bench(opts).run()
+        results = bench_for(opts.transport)(opts).run()
         results["targets"] = targets(results)
     print_report(results, sys.stdout)
     if args.cluster:

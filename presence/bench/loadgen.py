@@ -16,7 +16,10 @@ are written straight into a shared array of doubles, one row per worker
 
 Clients behave like real idle clients: they answer the server's C{ping}
 with C{pong} and otherwise stay silent unless a phase makes them change
-their status or reconnect.
+their status or reconnect.  They speak the line protocol; subclasses speak
+it over WebSocket (L{presence.bench.wsload}) or speak Redis instead
+(L{presence.bench.redisload}), each message still handled by L{Worker.messages}
+or its like.
 
 Latency: a status change carries C{text="t:<phase>:<time.time()>"}; the
 watcher that receives it subtracts that from its own C{time.time()} (all
@@ -322,6 +325,10 @@ class Worker:
             login["text"] = text
         return orjson.dumps(login) + b"\n"
 
+    def pong_bytes(self) -> bytes:
+        """What a connection answers the server's ping with."""
+        return b'{"type":"pong"}\n'
+
     def connect_failed(self, c: Conn) -> None:
         self.add(C_FAILED)
         c.state = CLOSED
@@ -418,6 +425,11 @@ class Worker:
             data = c.buf + data
         lines = data.split(b"\n")
         c.buf = lines.pop()
+        self.messages(c, lines, now)
+
+    def messages(self, c: Conn, lines: list[bytes], now: float) -> None:
+        """Handle the server's messages on C{c}, one JSON object each (a
+        line without its C{\n}, or a WebSocket text message)."""
         counters = self.counters
         base = self.base
         tag = self.phase_tag
@@ -463,7 +475,7 @@ class Worker:
                         if closed_at > 0 and len(self.off_lat) < MAX_SAMPLES:
                             self.off_lat.append(now - closed_at)
             elif kind == "ping":
-                self.write(c, b'{"type":"pong"}\n')
+                self.write(c, self.pong_bytes())
                 counters[base + C_PINGS] += 1
             elif kind == "welcome":
                 self.welcomed(c)

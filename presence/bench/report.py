@@ -148,10 +148,14 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
 
 def print_report(results: dict[str, Any], out: TextIO) -> None:
     meta = results.get("meta", {})
+    over = ""
+    if meta.get("transport") == "websocket":
+        over = f" (users over WebSocket {_get(meta, 'server', 'websocket')})"
     out.write(
         f"\npresence-bench {meta.get('date', '')}: {meta.get('users')} users, "
         f"{meta.get('friends')} friends each (seed {meta.get('seed')}), server "
-        f"{_get(meta, 'server', 'address')} on cpus {_get(meta, 'server', 'cpus')}, "
+        f"{_get(meta, 'server', 'address')}{over} on cpus "
+        f"{_get(meta, 'server', 'cpus')}, "
         f"{_get(meta, 'loadgen', 'workers')} load workers on cpus "
         f"{_get(meta, 'loadgen', 'cpus')}; code {meta.get('source')}\n\n"
     )

@@ -112,6 +112,7 @@ class Options:
     login_timeout: float = 0.0  # 0: automatic
     wait_quiet: float = 0.0  # seconds to wait for other processes to quieten
     server_log: Path | None = None
+    transport: str = "lines"  # or "websocket" (presence.bench.wsbench)
 
 
 class ServerProcess(Protocol):
@@ -155,6 +156,7 @@ class Bench:
     """
 
     worker_class: type[loadgen.Worker] = loadgen.Worker  # the load's client
+    transport = "lines"  # what that client speaks (meta "transport")
 
     def __init__(self, opts: Options) -> None:
         self.opts = opts
@@ -391,6 +393,7 @@ class Bench:
             "users": o.users,
             "friends": o.friends,
             "seed": o.seed,
+            "transport": self.transport,
             "timeout": o.timeout if launching else None,
             "heartbeat": heartbeat_of(o.server_args) if launching else None,
         }
