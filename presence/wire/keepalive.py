@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
+from functools import lru_cache
 
 # The second half of the timeout is probed every eighth of it (at least
 # every second).
@@ -110,8 +111,14 @@ def enable(transport: object, timeout: float) -> bool:
     if sock is None:
         return False
     try:
-        for level, option, value in Keepalive.for_timeout(timeout).options():
+        for level, option, value in _options(timeout):
             sock.setsockopt(level, option, value)
     except OSError:
         return False
     return True
+
+
+@lru_cache(maxsize=8)
+def _options(timeout: float) -> tuple[tuple[int, int, int], ...]:
+    # Every connection of a server has the same timeout: derive once.
+    return tuple(Keepalive.for_timeout(timeout).options())
