@@ -115,6 +115,10 @@ class LineProtocol(Protocol):
         if self._v0_timer is not None and self._v0_timer.active():
             self._v0_timer.cancel()
         self.session.lost()
+        # The session outlives this call (the timer heap holds it until its
+        # deadline): holding it here too would make a cycle, with Twisted's
+        # transport in it, that only a full collection frees (gcpolicy).
+        del self.session
 
     def dataReceived(self, data: bytes) -> None:
         session = self.session

@@ -22,6 +22,7 @@ from presence.cluster.options import check as check_cluster
 from presence.server.admin import admin_site, read_token
 from presence.server.config import MIB, Config
 from presence.server.context import Server
+from presence.server.gcpolicy import FreezeSurvivors
 from presence.server.lines import LineFactory
 from presence.server.logs import LOG_FORMATS, LogTarget
 from presence.server.pidfile import PidfileKeeper
@@ -103,6 +104,10 @@ class Options(ClusterOptions, usage.Options):
          "app: the server pings a silent client after half the timeout and "
          "drops it (error 1) after the timeout; tcp: no pings and no idle "
          "drop, TCP keepalive (derived from --timeout) finds dead peers."],
+        ["gc", None, "freeze",
+         "freeze: after each full garbage collection its survivors are "
+         "frozen, so the next walks only newer objects (shorter pauses with "
+         "many sessions); default: Python's collector as it comes."],
         ["offline-grace", None, 0.0,
          "Seconds a user whose last session ended stays online for others, in "
          "case it comes back."],
@@ -181,6 +186,9 @@ class Options(ClusterOptions, usage.Options):
         check_cluster(self)
         if self["visibility"] not in ("open", "mutual"):
             raise usage.UsageError("--visibility must be open or mutual")
+        if self["gc"] not in ("freeze", "default"):
+            raise usage.UsageError(
+                f"--gc must be freeze or default, not {self['gc']!r}")
         if self["heartbeat"] not in HEARTBEATS:
             raise usage.UsageError(
                 f"--heartbeat must be app or tcp, not {self['heartbeat']!r}")
@@ -338,6 +346,8 @@ def makeService(options: Options) -> IService:
     if target is not None:
         service.log_observer = target.observer
     PidfileKeeper(twistd).setServiceParent(service)
+    if options["gc"] == "freeze":
+        FreezeSurvivors().setServiceParent(service)
     reload = Reload(options["secret-file"], verifier, target)
     SignalService(reactor, {signal.SIGHUP: reload.hup, signal.SIGUSR1: reload.usr1}
                   ).setServiceParent(service)

@@ -95,12 +95,10 @@ class FakeClient(ClientDouble):
         self.proto: LineProtocol = proto
         self.connection = proto
         self.proto.makeConnection(self.transport)
+        # Kept here: the protocol lets go of it when the connection is lost.
+        self.session: Session = proto.session
         self.lost: bool = False
         self.snapshot: list[tuple[int, bool, str]] = []
-
-    @property
-    def session(self) -> Session:
-        return self.proto.session
 
     def send(self, *messages: Any) -> None:
         """Send JSON objects (or raw bytes, as they are) in one write."""

@@ -13,8 +13,10 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
+from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
+from presence.server.gcpolicy import FreezeSurvivors
 from presence.server.logs import LogTarget
 from presence.server.pidfile import PidfileKeeper
 from presence.server.service import (
@@ -223,12 +225,25 @@ class MakeServiceTreeTests(SynchronousTestCase):
         return service
 
     def test_tree(self) -> None:
-        """A MultiService: the pidfile keeper, the signal handlers, then one
-        front end per listening endpoint."""
+        """A MultiService: the pidfile keeper, the garbage-collector policy,
+        the signal handlers, then one front end per listening endpoint."""
         service = self.make()
         kinds = [type(s) for s in service]
-        self.assertEqual(kinds, [PidfileKeeper, SignalService, FrontEnd])
+        self.assertEqual(
+            kinds, [PidfileKeeper, FreezeSurvivors, SignalService, FrontEnd])
         self.assertEqual(len(service.front_ends), 1)
+
+    def test_gc_default_leaves_the_collector_alone(self) -> None:
+        """--gc default: no garbage-collector policy in the tree."""
+        service = self.make("--gc", "default")
+        kinds = [type(s) for s in service]
+        self.assertEqual(kinds, [PidfileKeeper, SignalService, FrontEnd])
+
+    def test_gc_must_be_known(self) -> None:
+        """--gc takes freeze or default only."""
+        with self.assertRaises(UsageError) as e:
+            self.make("--gc", "off")
+        self.assertIn("--gc must be freeze or default", str(e.exception))
 
     def test_log_observer_for_twistd(self) -> None:
         """Under twistd, the service gives the application the observer for
