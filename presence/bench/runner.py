@@ -112,7 +112,8 @@ class Options:
     login_timeout: float = 0.0  # 0: automatic
     wait_quiet: float = 0.0  # seconds to wait for other processes to quieten
     server_log: Path | None = None
-    transport: str = "lines"  # or "websocket" (presence.bench.wsbench)
+    transport: str = "lines"  # or "websocket", "v0" (presence.bench.wsbench)
+    v0_poll: float = 1.0  # seconds a v0 client waits after each reply
 
 
 class ServerProcess(Protocol):
