@@ -105,23 +105,32 @@ def figures(results: dict[str, Any]) -> dict[str, float | None]:
 
     Of a cluster (C{results["cluster"]}), CPU and memory are the whole
     system's, the nodes' and their Redis's together (C{system_*}); the
-    nodes' own are kept as C{nodes_*}.
+    nodes' own are kept as C{nodes_*}.  Over v0 CPU per delivery is the raw
+    one, polls included, with its parts beside it (C{poll_cpu_us},
+    C{events_cpu_us@}; L{presence.bench.v0bench}).
     """
     login = results.get("login") or {}
     system = "system_" if results.get("cluster") else ""
+    # Over v0 every delivery takes a poll: its CPU counts them (v0bench).
+    pull = (results.get("meta") or {}).get("transport") == "v0"
     rss = login.get(system + "rss_per_conn")
     out: dict[str, float | None] = {
         "rss_per_conn_kib": rss / 1024 if rss is not None else None,
     }
     if system and login.get("rss_per_conn") is not None:
         out["nodes_rss_per_conn_kib"] = login["rss_per_conn"] / 1024
+    if pull:
+        out["poll_cpu_us"] = (results.get("hold") or {}).get("cpu_us_per_poll")
     for phase in results.get("fanout") or []:
         at = rate_key(phase.get("rate"))
         latency = phase.get("latency") or {}
-        out[f"cpu_us@{at}"] = phase.get(system + "cpu_us_per_delivery_net")
+        out[f"cpu_us@{at}"] = phase.get(
+            system + "cpu_us_per_delivery" + ("" if pull else "_net"))
         out[f"cpu_us_raw@{at}"] = phase.get(system + "cpu_us_per_delivery")
         if system:
             out[f"nodes_cpu_us@{at}"] = phase.get("cpu_us_per_delivery_net")
+        if pull:
+            out[f"events_cpu_us@{at}"] = phase.get("cpu_us_per_event_net")
         out[f"p50_ms@{at}"] = latency.get("p50_ms")
         out[f"p99_ms@{at}"] = latency.get("p99_ms")
         out[f"deliveries_per_s@{at}"] = phase.get("deliveries_per_s")

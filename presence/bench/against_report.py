@@ -42,6 +42,8 @@ def rows(comparison: dict[str, Any]) -> list[dict[str, Any]]:
                 continue  # paced, it is the rate both were given
             if metric == "cpu_us" and meta.get("cluster"):
                 name = "system CPU per delivery (nodes + Redis, net of idle)"
+            elif metric == "cpu_us" and pull:
+                name = "server CPU per delivery (its poll included)"
             out.append({"key": key, "name": f"{name}, {where}", "unit": unit,
                         "target": TARGET_CPU_RATIO if metric == "cpu_us" else None,
                         "comparable": not (pull and metric in PULL_BOUND)})
@@ -104,9 +106,17 @@ def print_comparison(comparison: dict[str, Any], out: TextIO) -> None:
         out.write("presence's CPU and RSS are its nodes' and its Redis's together; "
                   "its latency is from one node to another\n")
     if meta.get("transport") == "v0":
+        summary = comparison["summary"]
+        parts = [f"{_fmt((summary.get('poll_cpu_us') or {}).get('presence_median'))}"
+                 " us per poll (idle)"]
+        for at in meta["rates"]:
+            entry = summary.get(f"events_cpu_us@{at}") or {}
+            parts.append(f"{_fmt(entry.get('presence_median'))} us per event "
+                         f"queued at {at} (net of the polls, while sending)")
         out.write("v0: a delivery is an event a client pulled; CPU runs until the "
-                  "queues drained, and its idle rate is the clients' polling; "
-                  "(poll): set by the clients' polls, not comparable with push\n")
+                  "queues drained, polls included; (poll): set by the clients' "
+                  "polls, not comparable with push\n"
+                  "v0 CPU in parts: " + "; ".join(parts) + "\n")
     for note in comparison["notes"]:
         out.write(f"note: {note}\n")
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from presence.bench.against_redis import figures
 from presence.bench.graph import friend_graph
 from presence.bench.loadgen import (
     C_COMPLETE,
@@ -26,7 +27,8 @@ from presence.bench.loadgen import (
     NCOUNTERS,
     WELCOMED,
 )
-from presence.bench.v0bench import drain_bound, pair
+from presence.bench.runner import Options
+from presence.bench.v0bench import V0Bench, drain_bound, pair
 from presence.bench.v0load import (
     HIDE,
     OFFLINE,
@@ -232,3 +234,39 @@ class DrainTests(SynchronousTestCase):
         queue 200 events each."""
         self.assertEqual(drain_bound(2000, 20, 20_000, 1.0), 410.0)
         self.assertEqual(drain_bound(2000, 20, 20_000, 0.5), 205.0)
+
+
+class AnnotateTests(SynchronousTestCase):
+    def test_event_cost_net_of_the_polls(self) -> None:
+        """A fan-out phase gets its paired latencies, and the events' own CPU:
+        what the sending window used beyond the polls' idle rate, per event
+        queued (never below zero)."""
+        bench = V0Bench(Options(users=3, friends=2))
+        bench.graph = [[], [2, 3], [1], [1]]
+        bench.idle_cpu_rate = 0.25
+        res: dict[str, Any] = {"expected_deliveries": 1000,
+                               "send_server_cpu_s": 3.0, "send_wall_s": 10.0}
+        bench.annotate("fanout", res, [reply([(2, 1.0, 0)], [(1, 1.5, 0)])])
+        self.assertAlmostEqual(res["cpu_us_per_event_net"], 500.0)
+        self.assertEqual(res["latency"]["count"], 1)
+        self.assertEqual(res["v0_pairing"]["changes"], 1)
+        res = {"expected_deliveries": 1000, "send_server_cpu_s": 2.0,
+               "send_wall_s": 10.0}
+        bench.annotate("fanout", res, [reply([], [])])
+        self.assertEqual(res["cpu_us_per_event_net"], 0.0)
+
+    def test_figures_count_the_polls(self) -> None:
+        """Of a v0 run the comparison's CPU per delivery is the raw one (its
+        poll included), with the idle CPU per poll and the events' own CPU
+        beside it."""
+        phase = {"rate": None, "cpu_us_per_delivery": 120.0,
+                 "cpu_us_per_delivery_net": 0.0, "cpu_us_per_event_net": 4.0,
+                 "latency": {}, "loadgen": {}}
+        got = figures({"meta": {"transport": "v0"}, "login": {},
+                       "hold": {"cpu_us_per_poll": 110.0}, "fanout": [phase]})
+        self.assertEqual((got["cpu_us@max"], got["events_cpu_us@max"],
+                          got["poll_cpu_us"]), (120.0, 4.0, 110.0))
+        got = figures({"meta": {"transport": "lines"}, "login": {},
+                       "fanout": [phase]})
+        self.assertEqual(got["cpu_us@max"], 0.0)
+        self.assertNotIn("poll_cpu_us", got)
