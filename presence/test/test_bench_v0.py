@@ -259,9 +259,10 @@ class AnnotateTests(SynchronousTestCase):
         """Of a v0 run the comparison's CPU per delivery is the raw one (its
         poll included), with the idle CPU per poll and the events' own CPU
         beside it."""
-        phase: dict[str, Any] = {"rate": None, "cpu_us_per_delivery": 120.0,
-                 "cpu_us_per_delivery_net": 0.0, "cpu_us_per_event_net": 4.0,
-                 "latency": {}, "loadgen": {}}
+        phase: dict[str, Any] = {
+            "rate": None, "cpu_us_per_delivery": 120.0,
+            "cpu_us_per_delivery_net": 0.0, "cpu_us_per_event_net": 4.0,
+            "latency": {}, "loadgen": {}}
         got = figures({"meta": {"transport": "v0"}, "login": {},
                        "hold": {"cpu_us_per_poll": 110.0}, "fanout": [phase]})
         self.assertEqual((got["cpu_us@max"], got["events_cpu_us@max"],
