@@ -68,3 +68,41 @@ def test_bench_cluster_end_to_end(tmp_path: Path) -> None:
     names = {t["name"] for t in results["targets"]}
     assert "deliveries lost or duplicated" in names
     assert "Redis CPU per presence change" in names
+
+
+def test_bench_cluster_against_redis(tmp_path: Path) -> None:
+    """presence-bench --cluster 2 --against redis --quick runs one round on a
+    single redis-server whose users have the cluster's friend graph and one
+    on two nodes with their Redis, and writes the ratios of the whole
+    system's figures (nodes and Redis together), the nodes' own beside them,
+    and a plot."""
+    require_redis()
+    out, plot = tmp_path / "against.jsonl", tmp_path / "against.png"
+    cmd = [*bench_command(), "--cluster", "2", "--against", "redis", "--quick",
+           "--out", str(out), "--plot", str(plot), "--no-progress"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "presence as 2 nodes and their Redis" in proc.stdout
+    assert "system CPU per delivery (nodes + Redis, net of idle)" in proc.stdout
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(x["kind"], x.get("server")) for x in lines] == [
+        ("round", "redis"), ("round", "presence"), ("summary", None)]
+    redis, presence = (r["results"] for r in lines[:2])
+    assert redis["meta"]["graph"] == presence["meta"]["graph"]  # the same graph
+    assert "cluster" not in redis and len(presence["cluster"]["nodes"]) == 2
+    for phase in presence["fanout"]:
+        check = phase["exactly_once"]
+        assert (check["lost"], check["duplicated"]) == (0, 0), phase["label"]
+        assert phase["system_cpu_us_per_delivery_net"] >= (
+            phase["cpu_us_per_delivery_net"]), phase["label"]
+    login = presence["login"]
+    assert login["system_rss_per_conn"] == (login["rss_per_conn"]
+                                           + login["redis_rss_per_user"])
+    meta, summary = lines[2]["meta"], lines[2]["summary"]
+    assert meta["cluster"] == 2
+    for key in ("rss_per_conn_kib", "cpu_us@200", "cpu_us@max", "p99_ms@200",
+                "deliveries_per_s@max"):
+        assert summary[key]["ratio"] is not None, key
+    assert summary["nodes_cpu_us@max"]["presence"][0] is not None
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -125,3 +125,58 @@ def test_quick_against_redis_websocket(tmp_path: Path) -> None:
     for key in ("rss_per_conn_kib", "cpu_us@200", "cpu_us@max", "p50_ms@200",
                 "p99_ms@200", "p99_ms@max", "deliveries_per_s@max"):
         assert summary[key]["ratio"] is not None, key
+
+
+def test_quick_v0(tmp_path: Path) -> None:
+    """presence-bench --quick --transport v0 logs every user in as a demo
+    client (the server tells v0 by itself), runs every phase, and reports
+    deliveries the clients pulled, none missing, with latencies paired to
+    the changes that caused them."""
+    out = tmp_path / "quick-v0.json"
+    run(tmp_path, "--transport", "v0", "--out", str(out))
+    results = json.loads(out.read_text())
+    assert results["meta"]["transport"] == "v0"
+    assert results["login"]["complete"] == 200
+    assert results["login"]["errors"] == {}
+    assert results["hold"]["pings_answered"] > 0  # polls answered with a pong
+    for phase in results["fanout"]:
+        assert phase["deliveries"] == phase["expected_deliveries"] > 0
+        assert phase["errors"] == phase["lost_connections"] == 0, phase["label"]
+        assert phase["cpu_us_per_delivery"] is not None, phase["label"]
+        pairing = phase["v0_pairing"]
+        assert phase["latency"]["count"] == phase["deliveries"], phase["label"]
+        assert pairing["changes"] == phase["events_sent"], phase["label"]
+        assert pairing["unpaired"] == pairing["unexplained"] == 0, phase["label"]
+        assert phase["v0_poll"] == 1.0
+    assert results["churn"]["deliveries"] > 0
+
+
+def test_quick_against_redis_v0(tmp_path: Path) -> None:
+    """presence-bench --against redis --quick --transport v0 runs the Redis
+    round as ever and the presence round with demo clients, writes every
+    figure's ratio, and marks the ratios the polls decide in the table and
+    the plot."""
+    if shutil.which("redis-server") is None:
+        if required():
+            pytest.fail(missing_message() + " (CI=true: never skipped)")
+        pytest.skip(missing_message())
+    out, plot = tmp_path / "against-v0.jsonl", tmp_path / "against-v0.png"
+    proc = run(tmp_path, "--against", "redis", "--transport", "v0",
+               "--out", str(out), "--plot", str(plot))
+    assert "presence over v0 (a poll every 1 s)" in proc.stdout
+    assert "x (poll)" in proc.stdout
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(x["kind"], x.get("server")) for x in lines] == [
+        ("round", "redis"), ("round", "presence"), ("summary", None)]
+    redis, presence = (r["results"] for r in lines[:2])
+    assert (redis["meta"]["transport"], presence["meta"]["transport"]) == (
+        "redis", "v0")
+    assert presence["login"]["complete"] == redis["login"]["complete"] == 200
+    for phase in presence["fanout"]:
+        assert phase["missing_deliveries"] == 0, phase["label"]
+    assert lines[2]["meta"]["v0_poll"] == 1.0
+    summary = lines[2]["summary"]
+    for key in ("rss_per_conn_kib", "cpu_us@200", "cpu_us@max", "p99_ms@200",
+                "deliveries_per_s@max"):
+        assert summary[key]["ratio"] is not None, key
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -6,10 +6,17 @@ hold, fan-out at each rate) whose figures come from the same probes.  Churn
 is left out: Redis pub/sub has no offline events to time.  L{figures} picks
 out what the comparison needs, L{summarize} takes the medians of the rounds
 and the ratios presence/Redis; L{presence.bench.against_report} shows them.
+
+The presence side is one of its paths (L{benches_for}): a single server over
+lines, WebSocket or v0 (C{--transport}), or a cluster (C{--cluster N}): N
+nodes and their own Redis, whose CPU and memory count as the system's, on
+the same CPU as the yardstick's single redis-server.  The yardstick's users
+then have the cluster's friend graph, all on the one Redis.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import sys
@@ -18,8 +25,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from presence.bench.cluster import ClusterBench
 from presence.bench.redisload import RedisWorker
 from presence.bench.runner import Bench, Options, ServerProcess, source_version
+from presence.bench.wsbench import bench_for
 from presence.cluster.redisserver import RedisServer
 
 SERVERS = ("redis", "presence")
@@ -65,15 +74,26 @@ class LaunchedRedis:
 
 
 class RedisBench(Bench):
-    """The bench's run with redis-server as the server and Redis clients."""
+    """The bench's run with redis-server as the server and Redis clients.
+
+    C{nodes}: the friend graph of a cluster of that many nodes (its users
+    all on this one Redis), for the comparison with C{--cluster N}.
+    """
 
     worker_class = RedisWorker
     transport = "redis"
+
+    def __init__(self, opts: Options, nodes: int = 1) -> None:
+        super().__init__(opts)
+        self.nodes = nodes
 
     def launch(self, limit: int) -> ServerProcess:
         launched = LaunchedRedis(self.opts.users + 200, self.server_cpus or None)
         launched.nofile = limit
         return launched
+
+    def worker_config(self) -> dict[str, Any]:
+        return {"nodes": self.nodes} if self.nodes > 1 else {}
 
 
 def rate_key(rate: float | None) -> str:
@@ -81,16 +101,36 @@ def rate_key(rate: float | None) -> str:
 
 
 def figures(results: dict[str, Any]) -> dict[str, float | None]:
-    """The comparison's figures of one round's bench results."""
-    rss = (results.get("login") or {}).get("rss_per_conn")
+    """The comparison's figures of one round's bench results.
+
+    Of a cluster (C{results["cluster"]}), CPU and memory are the whole
+    system's, the nodes' and their Redis's together (C{system_*}); the
+    nodes' own are kept as C{nodes_*}.  Over v0 CPU per delivery is the raw
+    one, polls included, with its parts beside it (C{poll_cpu_us},
+    C{events_cpu_us@}; L{presence.bench.v0bench}).
+    """
+    login = results.get("login") or {}
+    system = "system_" if results.get("cluster") else ""
+    # Over v0 every delivery takes a poll: its CPU counts them (v0bench).
+    pull = (results.get("meta") or {}).get("transport") == "v0"
+    rss = login.get(system + "rss_per_conn")
     out: dict[str, float | None] = {
         "rss_per_conn_kib": rss / 1024 if rss is not None else None,
     }
+    if system and login.get("rss_per_conn") is not None:
+        out["nodes_rss_per_conn_kib"] = login["rss_per_conn"] / 1024
+    if pull:
+        out["poll_cpu_us"] = (results.get("hold") or {}).get("cpu_us_per_poll")
     for phase in results.get("fanout") or []:
         at = rate_key(phase.get("rate"))
         latency = phase.get("latency") or {}
-        out[f"cpu_us@{at}"] = phase.get("cpu_us_per_delivery_net")
-        out[f"cpu_us_raw@{at}"] = phase.get("cpu_us_per_delivery")
+        out[f"cpu_us@{at}"] = phase.get(
+            system + "cpu_us_per_delivery" + ("" if pull else "_net"))
+        out[f"cpu_us_raw@{at}"] = phase.get(system + "cpu_us_per_delivery")
+        if system:
+            out[f"nodes_cpu_us@{at}"] = phase.get("cpu_us_per_delivery_net")
+        if pull:
+            out[f"events_cpu_us@{at}"] = phase.get("cpu_us_per_event_net")
         out[f"p50_ms@{at}"] = latency.get("p50_ms")
         out[f"p99_ms@{at}"] = latency.get("p99_ms")
         out[f"deliveries_per_s@{at}"] = phase.get("deliveries_per_s")
@@ -114,6 +154,14 @@ def warnings(server: str, n: int, results: dict[str, Any]) -> list[str]:
         where = f"{server} round {n}, {phase['label']}"
         if phase.get("missing_deliveries"):
             out.append(f"{where}: {phase['missing_deliveries']} deliveries missing")
+        check = phase.get("exactly_once") or {}
+        if check.get("lost") or check.get("duplicated"):
+            out.append(f"{where}: {check.get('lost')} deliveries lost, "
+                       f"{check.get('duplicated')} duplicated across the nodes")
+        pairing = phase.get("v0_pairing") or {}
+        if pairing.get("unexplained") or pairing.get("unpaired"):
+            out.append(f"{where}: v0 latency pairing off ({pairing.get('unpaired')}"
+                       f" unpaired, {pairing.get('unexplained')} unexplained)")
         if usage.get("contended"):
             out.append(f"{where}: other processes used "
                        f"{usage.get('other_cpu_cores')} cores")
@@ -149,15 +197,29 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-BENCHES: tuple[tuple[str, type[Bench]], ...] = (
+# What runs one round: a bench class, or any callable that makes one.
+BenchMaker = Callable[[Options], Bench]
+BENCHES: tuple[tuple[str, BenchMaker], ...] = (
     ("redis", RedisBench), ("presence", Bench))
+
+
+def benches_for(transport: str, cluster: int = 0) -> tuple[tuple[str, BenchMaker],
+                                                            ...]:
+    """Redis and the presence path to compare: a single server over
+    C{transport}, or C{cluster} nodes with their Redis (against one Redis
+    with the same friend graph)."""
+    if cluster:
+        return (("redis", functools.partial(RedisBench, nodes=cluster)),
+                ("presence", functools.partial(ClusterBench, nodes=cluster)))
+    return (BENCHES[0], ("presence", bench_for(transport)))
 
 
 def compare(
     opts: Options, rounds: int, log: Callable[[str], None] | None = None,
-    benches: tuple[tuple[str, type[Bench]], ...] = BENCHES,
+    benches: tuple[tuple[str, BenchMaker], ...] = BENCHES, cluster: int = 0,
 ) -> dict[str, Any]:
-    """Run C{rounds} rounds of each of C{benches}, alternating, in order."""
+    """Run C{rounds} rounds of each of C{benches}, alternating, in order
+    (C{cluster}: how many nodes the presence side has, for the record)."""
     say = log or (lambda text: print(text, file=sys.stderr))
     opts = replace(opts, churn_seconds=0.0, server=None, server_pid=None)
     meta: dict[str, Any] = {
@@ -169,9 +231,12 @@ def compare(
         "seed": opts.seed,
         "rates": [rate_key(r) for r in opts.rates],
         "transport": opts.transport,
+        "cluster": cluster,
         "rounds": rounds,
         "loadavg_start": list(os.getloadavg()),
     }
+    if opts.transport == "v0":
+        meta["v0_poll"] = opts.v0_poll
     done: list[dict[str, Any]] = []
     notes: list[str] = []
     cpus = os.sched_getaffinity(0)

@@ -7,21 +7,32 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from presence.bench.against_redis import BENCHES, METRICS, TARGET_CPU_RATIO, compare
+from presence.bench.against_redis import (
+    METRICS,
+    TARGET_CPU_RATIO,
+    benches_for,
+    compare,
+)
 from presence.bench.report import _fmt, _table
 from presence.bench.runner import Options
-from presence.bench.wsbench import bench_for
 from presence.cluster.redisserver import RedisMissing
+
+# Over v0 the clients pull, one event per poll: how long an event waits and
+# how many arrive per second are set by the polls, not by the server.
+PULL_BOUND = ("p50_ms", "p99_ms", "deliveries_per_s")
 
 
 def rows(comparison: dict[str, Any]) -> list[dict[str, Any]]:
-    """The figures to show, in order: name, unit, summary entry, target."""
+    """The figures to show, in order: name, unit, summary entry, target, and
+    whether the ratio compares like with like (C{comparable})."""
     summary = comparison["summary"]
+    meta = comparison["meta"]
+    pull = meta.get("transport") == "v0" and not meta.get("cluster")
     out: list[dict[str, Any]] = []
     if "rss_per_conn_kib" in summary:
         out.append({"key": "rss_per_conn_kib", "name": "RSS per connection",
-                    "unit": "KiB", "target": None})
-    for at in comparison["meta"]["rates"]:
+                    "unit": "KiB", "target": None, "comparable": True})
+    for at in meta["rates"]:
         where = "flat out" if at == "max" else f"paced {at}/s"
         for metric, name, unit in METRICS:
             key = f"{metric}@{at}"
@@ -29,8 +40,13 @@ def rows(comparison: dict[str, Any]) -> list[dict[str, Any]]:
                 continue
             if metric == "deliveries_per_s" and at != "max":
                 continue  # paced, it is the rate both were given
+            if metric == "cpu_us" and meta.get("cluster"):
+                name = "system CPU per delivery (nodes + Redis, net of idle)"
+            elif metric == "cpu_us" and pull:
+                name = "server CPU per delivery (its poll included)"
             out.append({"key": key, "name": f"{name}, {where}", "unit": unit,
-                        "target": TARGET_CPU_RATIO if metric == "cpu_us" else None})
+                        "target": TARGET_CPU_RATIO if metric == "cpu_us" else None,
+                        "comparable": not (pull and metric in PULL_BOUND)})
     for row in out:
         row.update(summary[row["key"]])
         if row["key"].startswith("others@"):
@@ -40,8 +56,22 @@ def rows(comparison: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def ratio_text(ratio: float) -> str:
+    return f"{ratio:.2f}x" if ratio >= 0.1 else f"{ratio:.2g}x"
+
+
 def _values(values: list[float | None]) -> str:
     return " ".join(_fmt(v, 1) for v in values)
+
+
+def path_name(meta: dict[str, Any]) -> str:
+    """Which presence path the comparison ran, in words."""
+    if meta.get("cluster"):
+        return f"presence as {meta['cluster']} nodes and their Redis"
+    transport = meta.get("transport", "lines")
+    if transport == "v0":
+        return f"presence over v0 (a poll every {meta.get('v0_poll', 1.0):g} s)"
+    return f"presence over {transport}"
 
 
 def print_comparison(comparison: dict[str, Any], out: TextIO) -> None:
@@ -49,7 +79,7 @@ def print_comparison(comparison: dict[str, Any], out: TextIO) -> None:
     out.write(
         f"\npresence-bench --against redis {meta['date']}: {meta['users']} users, "
         f"{meta['friends']} friends each (seed {meta['seed']}), {meta['rounds']} "
-        f"round(s) each, alternating; presence over {meta.get('transport', 'lines')}; "
+        f"round(s) each, alternating; {path_name(meta)}; "
         f"code {meta['source']}; load average "
         f"{meta['loadavg_start'][0]:.2f} at start, {meta['loadavg_end'][0]:.2f} "
         "at end\n\n"
@@ -65,12 +95,28 @@ def print_comparison(comparison: dict[str, Any], out: TextIO) -> None:
             f"{row['name']} ({row['unit']})",
             _values(row["redis"]), _values(row["presence"]),
             _fmt(row["redis_median"]), _fmt(row["presence_median"]),
-            f"{row['ratio']:.2f}x" if row["ratio"] is not None else "-",
+            (ratio_text(row["ratio"]) + ("" if row["comparable"] else " (poll)"))
+            if row["ratio"] is not None else "-",
             target,
         ])
     _table(table, out)
     out.write("\nmedians of the rounds; CPU is the server process's (/proc), "
               "minus its idle rate\n")
+    if meta.get("cluster"):
+        out.write("presence's CPU and RSS are its nodes' and its Redis's together; "
+                  "its latency is from one node to another\n")
+    if meta.get("transport") == "v0":
+        summary = comparison["summary"]
+        parts = [f"{_fmt((summary.get('poll_cpu_us') or {}).get('presence_median'))}"
+                 " us per poll (idle)"]
+        for at in meta["rates"]:
+            entry = summary.get(f"events_cpu_us@{at}") or {}
+            parts.append(f"{_fmt(entry.get('presence_median'))} us per event "
+                         f"queued at {at} (net of the polls, while sending)")
+        out.write("v0: a delivery is an event a client pulled; CPU runs until the "
+                  "queues drained, polls included; (poll): set by the clients' "
+                  "polls, not comparable with push\n"
+                  "v0 CPU in parts: " + "; ".join(parts) + "\n")
     for note in comparison["notes"]:
         out.write(f"note: {note}\n")
 
@@ -96,13 +142,20 @@ def plot_ratios(comparison: dict[str, Any], path: Path) -> None:
 
     shown = [r for r in rows(comparison) if r["ratio"]]
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(shown) + 1.6))
-    names = [r["name"] for r in shown]
+    names = [r["name"] + ("" if r["comparable"] else "\n(set by the polls: "
+                          "not comparable)") for r in shown]
     ratios = [r["ratio"] for r in shown]
+
+    def color(row: dict[str, Any]) -> str:
+        if not row["comparable"]:
+            return "lightgray"
+        return "tab:red" if row["met"] is False else "tab:blue"
+
     # Bars grow from 1.0 (the same as Redis), left when presence is lower.
-    ax.barh(range(len(shown)), [r - 1.0 for r in ratios], left=1.0, color=[
-        "tab:red" if r["met"] is False else "tab:blue" for r in shown])
+    ax.barh(range(len(shown)), [r - 1.0 for r in ratios], left=1.0,
+            color=[color(r) for r in shown])
     for y, ratio in enumerate(ratios):
-        ax.annotate(f"{ratio:.2f}x", (ratio, y), va="center", fontsize=8,
+        ax.annotate(ratio_text(ratio), (ratio, y), va="center", fontsize=8,
                     textcoords="offset points",
                     xytext=(3, 0) if ratio >= 1 else (-3, 0),
                     ha="left" if ratio >= 1 else "right")
@@ -116,8 +169,7 @@ def plot_ratios(comparison: dict[str, Any], path: Path) -> None:
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_xlabel("presence / Redis, medians of the rounds")
     meta = comparison["meta"]
-    over = " over WebSocket" if meta.get("transport") == "websocket" else ""
-    ax.set_title(f"presence{over} against Redis pub/sub: {meta['users']} users x "
+    ax.set_title(f"{path_name(meta)} against Redis pub/sub: {meta['users']} users x "
                  f"{meta['friends']} friends, {meta['rounds']} rounds each\n"
                  f"{meta['date']}, load average {meta['loadavg_start'][0]:.1f}",
                  fontsize=9)
@@ -129,11 +181,12 @@ def plot_ratios(comparison: dict[str, Any], path: Path) -> None:
 
 def run_against(
     opts: Options, rounds: int, out: Path | None, plot: Path | None,
+    cluster: int = 0,
 ) -> int:
     """C{presence-bench --against redis}: run, print, write; the exit code."""
     try:
-        presence = ("presence", bench_for(opts.transport))
-        comparison = compare(opts, rounds, benches=(BENCHES[0], presence))
+        benches = benches_for(opts.transport, cluster)
+        comparison = compare(opts, rounds, benches=benches, cluster=cluster)
     except RedisMissing as e:
         raise SystemExit(f"presence-bench: {e}") from None
     print_comparison(comparison, sys.stdout)

@@ -87,14 +87,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, default=None, help="write a PNG plot here")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars on stderr")
-    p.add_argument("--transport", choices=["lines", "websocket"], default="lines",
+    p.add_argument("--transport", choices=["lines", "websocket", "v0"],
+                   default="lines",
                    help="how the users speak to presence: JSON lines over TCP "
-                   "(lines, the default) or one JSON message per WebSocket text "
+                   "(lines, the default), one JSON message per WebSocket text "
                    "frame at /ws of a --websocket port the bench adds (websocket; "
-                   "with --server, HOST:PORT is then the WebSocket port)")
+                   "with --server, HOST:PORT is then the WebSocket port), or "
+                   "protocol v0 as the original demo's clients poll (v0; "
+                   "docs/performance.rst, 'Every path against Redis')")
+    p.add_argument("--v0-poll", type=float, default=1.0, metavar="SECONDS",
+                   help="with --transport v0: seconds a client waits after each "
+                   "reply before it asks again (1, the demo's)")
     p.add_argument("--against", choices=["redis"], default=None,
                    help="compare with redis-server pub/sub on the same load, in "
-                   "alternating rounds (docs/performance.rst, 'Against Redis')")
+                   "alternating rounds (docs/performance.rst, 'Against Redis'); "
+                   "with --cluster N, the N nodes and their Redis against one "
+                   "redis-server")
     p.add_argument("--rounds", type=int, default=2,
                    help="with --against: rounds of each server (2)")
     p.add_argument("--quick", action="store_true",
@@ -151,12 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("presence-bench: --rounds must be 1..20")
     if args.cluster and (args.cluster < 2 or args.cluster > 16 or args.server):
         raise SystemExit("presence-bench: --cluster must be 2..16, without --server")
+    if args.v0_poll <= 0:
+        raise SystemExit("presence-bench: --v0-poll must be above 0")
     if args.cluster and args.transport != "lines":
         raise SystemExit("presence-bench: --cluster drives the line protocol only; "
                          "no --transport websocket")
-    if args.against and args.cluster:
-        raise SystemExit("presence-bench: --against compares one server; "
-                         "no --cluster")
     server = None
     if args.server:
         try:
@@ -189,11 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         server_log=args.server_log,
         wait_quiet=args.wait_quiet,
         transport=args.transport,
+        v0_poll=args.v0_poll,
     )
     if args.against:
         from presence.bench.against_report import run_against
 
-        return run_against(opts, args.rounds, args.out, args.plot)
+        return run_against(opts, args.rounds, args.out, args.plot, args.cluster)
     if args.cluster:
         from presence.bench.cluster import ClusterBench
         from presence.bench.cluster_report import cluster_targets, print_cluster

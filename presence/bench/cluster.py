@@ -12,6 +12,8 @@ each phase gets Redis's CPU (redis-server's own, from /proc), and each
 fan-out phase a count of every change's deliveries against the sender's
 friends (L{check_tallies}).  Redis's memory per user is the growth of its
 C{used_memory} over the login phase.  L{cluster_report} presents them.
+The C{system_*} figures add Redis to the nodes (its CPU per delivery, the
+growth of its RSS per user), for C{--cluster N --against redis}.
 """
 
 from __future__ import annotations
@@ -183,8 +185,11 @@ class ClusterBench(Bench):
 
     # -- phases -----------------------------------------------------------------
 
+    def redis_rss(self) -> int:
+        return self.redis_probe.sample().rss if self.redis_probe else 0
+
     def phase_login(self) -> None:
-        memory, cpu = self.redis_memory(), self.redis_cpu()
+        memory, cpu, rss = self.redis_memory(), self.redis_cpu(), self.redis_rss()
         super().phase_login()
         login = self.results["login"]
         complete = max(1, login["complete"])
@@ -192,6 +197,12 @@ class ClusterBench(Bench):
         login["redis_memory_after"] = after = self.redis_memory()
         login["redis_bytes_per_user"] = (after - memory) / complete
         login["redis_cpu_us_per_login"] = (self.redis_cpu() - cpu) / complete * 1e6
+        # The whole system's memory, as a single server's RSS is counted: the
+        # growth of the nodes' and Redis's resident sets over the login.
+        login["redis_rss_per_user"] = (self.redis_rss() - rss) / complete
+        if login.get("rss_per_conn") is not None:
+            login["system_rss_per_conn"] = (login["rss_per_conn"]
+                                            + login["redis_rss_per_user"])
 
     def phase_hold(self) -> None:
         cpu, t0 = self.redis_cpu(), time.monotonic()
@@ -211,10 +222,17 @@ class ClusterBench(Bench):
             (b - a) / wall for a, b in zip(each, self.nodes_probe.each(), strict=True)]
         res["redis_cpu_s"] = used
         changes = res["events_sent"]
+        net = max(0.0, used - self.redis_idle_rate * wall)
         if changes:
             res["redis_cpu_us_per_change"] = used / changes * 1e6
-            net = max(0.0, used - self.redis_idle_rate * wall)
             res["redis_cpu_us_per_change_net"] = net / changes * 1e6
+        delivered = res["deliveries"]
+        if delivered and res.get("cpu_us_per_delivery") is not None:
+            # What a delivery costs the whole system: nodes and Redis.
+            res["system_cpu_us_per_delivery"] = (
+                res["cpu_us_per_delivery"] + used / delivered * 1e6)
+            res["system_cpu_us_per_delivery_net"] = (
+                res["cpu_us_per_delivery_net"] + net / delivered * 1e6)
         return res
 
     def annotate(self, kind: str, res: dict[str, Any],

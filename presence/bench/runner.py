@@ -112,7 +112,8 @@ class Options:
     login_timeout: float = 0.0  # 0: automatic
     wait_quiet: float = 0.0  # seconds to wait for other processes to quieten
     server_log: Path | None = None
-    transport: str = "lines"  # or "websocket" (presence.bench.wsbench)
+    transport: str = "lines"  # or "websocket", "v0" (presence.bench.wsbench)
+    v0_poll: float = 1.0  # seconds a v0 client waits after each reply
 
 
 class ServerProcess(Protocol):
@@ -597,6 +598,7 @@ class Bench:
         self.send_all(*command)
         sent = self.wait_all(kind, seconds + o.churn_delay + 60, tick)
         t_sent = time.monotonic()
+        s_sent = self.sample()
         # Drain: until every expected delivery arrived (fan-out), or until
         # deliveries stop (churn, where the count is not known in advance).
         last_count, last_change = -1.0, time.monotonic()
@@ -664,6 +666,9 @@ class Bench:
             cpu = s1.cpu - s0.cpu
             dwall = s1.wall - s0.wall
             res["server_cpu_s"] = cpu
+            if s_sent:  # the sending alone, before the drain
+                res["send_server_cpu_s"] = s_sent.cpu - s0.cpu
+                res["send_wall_s"] = s_sent.wall - s0.wall
             res["server_cpu_fraction"] = cpu / dwall if dwall else None
             res["server_rss"] = s1.rss
             if delivered:

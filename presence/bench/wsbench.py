@@ -16,9 +16,10 @@ from typing import Any
 
 from presence.bench.launch import LaunchedServer
 from presence.bench.runner import Bench, ServerProcess
+from presence.bench.v0bench import V0Bench
 from presence.bench.wsload import WebSocketWorker, worker_config
 
-TRANSPORTS = ("lines", "websocket")
+TRANSPORTS = ("lines", "websocket", "v0")
 WEBSOCKET_ENDPOINT = "tcp:0:interface=127.0.0.1:backlog=4096"
 WS_LISTENING = re.compile(r"presence websocket listening on (\S+)")
 
@@ -73,4 +74,6 @@ def bench_for(transport: str) -> type[Bench]:
         return WebSocketBench
     if transport == "lines":
         return Bench
+    if transport == "v0":
+        return V0Bench
     raise ValueError(f"unknown transport {transport!r}")

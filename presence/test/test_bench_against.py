@@ -16,9 +16,17 @@ from typing import Any
 import hiredis
 from twisted.trial.unittest import SynchronousTestCase
 
-from presence.bench.against_redis import compare, figures, summarize, warnings
+from presence.bench.against_redis import (
+    RedisBench,
+    benches_for,
+    compare,
+    figures,
+    summarize,
+    warnings,
+)
 from presence.bench.against_report import print_comparison, rows
-from presence.bench.cli import parse_args
+from presence.bench.cli import main, parse_args
+from presence.bench.cluster import ClusterBench
 from presence.bench.graph import friend_graph
 from presence.bench.loadgen import (
     C_COMPLETE,
@@ -31,6 +39,7 @@ from presence.bench.loadgen import (
 )
 from presence.bench.redisload import RedisConn, RedisWorker, command
 from presence.bench.runner import Bench, Options
+from presence.bench.v0bench import V0Bench
 
 HELLO_REPLY = b"%2\r\n$6\r\nserver\r\n$5\r\nredis\r\n$5\r\nproto\r\n:3\r\n"
 
@@ -302,3 +311,93 @@ class CompareTests(SynchronousTestCase):
         self.assertEqual([(r["server"], r["round"]) for r in got["rounds"]],
                          [("redis", 1), ("presence", 1), ("redis", 2),
                           ("presence", 2)])
+
+
+class PathsTests(SynchronousTestCase):
+    """The cluster and v0 rows: which figures, and which ratios compare."""
+
+    def cluster_results(self) -> dict[str, Any]:
+        results = bench_results(2048, 7.0, 3.0, 100)
+        results["cluster"] = {"nodes": [{}, {}]}
+        results["login"]["system_rss_per_conn"] = 3072
+        for phase in results["fanout"]:
+            phase["system_cpu_us_per_delivery_net"] = 9.0
+            phase["system_cpu_us_per_delivery"] = 10.0
+        return results
+
+    def test_cluster_figures_are_the_systems(self) -> None:
+        """Of a cluster, CPU per delivery and RSS per connection are the
+        nodes' and their Redis's together; the nodes' own are kept beside."""
+        got = figures(self.cluster_results())
+        self.assertEqual(got["rss_per_conn_kib"], 3.0)
+        self.assertEqual(got["nodes_rss_per_conn_kib"], 2.0)
+        self.assertEqual((got["cpu_us@100"], got["cpu_us_raw@max"]), (9.0, 10.0))
+        self.assertEqual(got["nodes_cpu_us@max"], 7.0)
+        self.assertEqual(got["p99_ms@max"], 3.0)
+
+    def comparison(self, **meta: Any) -> dict[str, Any]:
+        rounds = [{"server": "redis", "round": 1,
+                   "figures": figures(bench_results(10240, 5.0, 2.0, 100))},
+                  {"server": "presence", "round": 1,
+                   "figures": figures(bench_results(2048, 6.0, 900.0, 100))}]
+        return {"meta": {"date": "d", "users": 10, "friends": 3, "seed": 1,
+                         "rounds": 1, "source": "x", "rates": ["100", "max"],
+                         "loadavg_start": [0.5], "loadavg_end": [0.7], **meta},
+                "rounds": rounds, "summary": summarize(rounds), "notes": []}
+
+    def test_v0_latency_and_rate_not_comparable(self) -> None:
+        """Over v0, latencies and the flat-out rate are the polls' doing: the
+        table marks their ratios (poll); RSS and CPU compare."""
+        shown = {r["key"]: r for r in rows(self.comparison(transport="v0"))}
+        self.assertEqual(
+            sorted(k for k, r in shown.items() if not r["comparable"]),
+            ["deliveries_per_s@max", "p50_ms@100", "p50_ms@max", "p99_ms@100",
+             "p99_ms@max"])
+        out = io.StringIO()
+        print_comparison(self.comparison(transport="v0", v0_poll=1.0), out)
+        self.assertIn("450.00x (poll)", out.getvalue())
+        self.assertIn("presence over v0 (a poll every 1 s)", out.getvalue())
+        lines = [r for r in rows(self.comparison(transport="lines"))
+                 if not r["comparable"]]
+        self.assertEqual(lines, [])
+
+    def test_cluster_rows(self) -> None:
+        """With a cluster, the CPU rows say they are the system's and every
+        ratio compares."""
+        shown = rows(self.comparison(cluster=2))
+        self.assertTrue(all(r["comparable"] for r in shown))
+        names = [r["name"] for r in shown if r["key"].startswith("cpu_us@")]
+        self.assertEqual(names, [
+            "system CPU per delivery (nodes + Redis, net of idle), paced 100/s",
+            "system CPU per delivery (nodes + Redis, net of idle), flat out"])
+        out = io.StringIO()
+        print_comparison(self.comparison(cluster=2), out)
+        self.assertIn("presence as 2 nodes and their Redis", out.getvalue())
+
+    def test_benches_for(self) -> None:
+        """--cluster N compares N nodes with their Redis against a Redis whose
+        users have the cluster's friend graph; otherwise the single server
+        over the transport."""
+        opts = Options(users=10)
+        (_, redis), (_, presence) = benches_for("lines", cluster=3)
+        made = redis(opts)
+        self.assertIsInstance(made, RedisBench)
+        self.assertEqual((made.nodes, made.worker_config()), (3, {"nodes": 3}))
+        made = presence(opts)
+        self.assertIsInstance(made, ClusterBench)
+        self.assertEqual(made.nodes, 3)
+        (_, redis), (_, presence) = benches_for("v0")
+        self.assertEqual(redis(opts).worker_config(), {})
+        self.assertIsInstance(presence(opts), V0Bench)
+
+    def test_options(self) -> None:
+        """--cluster N goes with --against; --cluster with v0 does not, nor a
+        poll interval of 0."""
+        args = parse_args(["--against", "redis", "--cluster", "2",
+                           "--transport", "v0", "--v0-poll", "0.5"])
+        self.assertEqual((args.cluster, args.transport, args.v0_poll),
+                         (2, "v0", 0.5))
+        with self.assertRaises(SystemExit):
+            main(["--cluster", "2", "--transport", "v0"])
+        with self.assertRaises(SystemExit):
+            main(["--transport", "v0", "--v0-poll", "0"])
