@@ -20,6 +20,7 @@ import os
 import time
 from typing import Any
 
+from presence.bench import redis_stats
 from presence.bench.graph import cross_fraction
 from presence.bench.launch import LaunchedServer
 from presence.bench.runner import Bench, Options
@@ -203,10 +204,13 @@ class ClusterBench(Bench):
         self, tag: str, kind: str, command: tuple[Any, ...], seconds: float,
         label: str,
     ) -> dict[str, Any]:
-        assert self.nodes_probe is not None
+        assert self.nodes_probe is not None and self.redis is not None
+        counters = redis_stats.snapshot(self.redis)
         cpu, each, t0 = self.redis_cpu(), self.nodes_probe.each(), time.monotonic()
         res = super().run_events(tag, kind, command, seconds, label)
         used, wall = self.redis_cpu() - cpu, time.monotonic() - t0
+        res["redis_commands"] = redis_stats.breakdown(
+            counters, redis_stats.snapshot(self.redis), res["events_sent"])
         res["node_cpu_fraction"] = [
             (b - a) / wall for a, b in zip(each, self.nodes_probe.each(), strict=True)]
         res["redis_cpu_s"] = used

@@ -52,11 +52,16 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process (started by L{start})."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, wrapper: tuple[str, ...] = ()
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RedisMissing(missing_message())
         self.binary = binary
+        # A command that runs redis-server (valgrind, for a count of its
+        # instructions: tools/redis_cost.py).
+        self.wrapper = wrapper
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="presence-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -68,7 +73,8 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> RedisServer:
         self.proc = subprocess.Popen(
             [
-                self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                *self.wrapper, self.binary,
+                "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--dir", self.dir,
                 "--daemonize", "no", "--loglevel", "warning",
             ],
