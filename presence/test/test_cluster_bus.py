@@ -19,6 +19,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from presence.cluster import scripts
+from presence.cluster.batch import APPLY_BATCH
 from presence.cluster.bus import CHUNK, REAP_BATCH, RedisBus
 from presence.cluster.connection import RedisAddress
 from presence.cluster.redisserver import (
@@ -60,6 +61,13 @@ def seen(state: UserState) -> tuple[Any, ...]:
         state.uid, state.present, state.status, state.text, state.listed,
         state.sessions, state.last_seen,
     )
+
+
+def shares(redis: RedisServer, uid: int) -> int:
+    """How many nodes hold a share of C{uid} (its hash's incarnation fields)."""
+    fields = redis.command("HKEYS", scripts.user_key(uid))
+    assert isinstance(fields, list)
+    return sum(1 for f in fields if isinstance(f, bytes) and b"/" in f)
 
 
 def kill(bus: RedisBus) -> None:
@@ -143,7 +151,9 @@ class RedisCase(unittest.TestCase):
 class SameAsMemoryHub(RedisCase):
     """Two Redis nodes compute what MemoryHub computes for the same calls."""
 
-    async def run_ops(self, seed: int, steps: int) -> None:
+    async def run_ops(self, seed: int, steps: int, per_turn: int = 1) -> None:
+        """C{steps} random calls; up to C{per_turn} publishes of one node in
+        a row are made in one reactor turn (its bus sends them together)."""
         rng = random.Random(seed)
         uids = list(range(1, 7))
         a, la = await self.node(f"a{seed}")
@@ -162,10 +172,14 @@ class SameAsMemoryHub(RedisCase):
             mem.follow(uids)
             followed[i] = set(uids)
         await self.sync(a, b)
+        last, burst = 0, 0  # the node of the publishes not sent yet, how many
         for _step in range(steps):
             at += 0.5
             i = rng.randrange(2)
             bus, mem = pairs[i]
+            if burst and (i != last or burst >= per_turn):
+                await pairs[last][0].flush()  # Redis runs them in this order
+                burst = 0
             uid = rng.choice(uids)
             roll = rng.random()
             if roll < 0.08:
@@ -208,7 +222,7 @@ class SameAsMemoryHub(RedisCase):
                 held[i][uid] = share
             bus.publish(uid, share, change, at)
             mem.publish(uid, share, change, at)
-            await bus.flush()  # Redis runs the calls in the order made here
+            last, burst = i, burst + 1
         await self.sync(a, b)
         for name, got, want in (("a", la, ra), ("b", lb, rb)):
             self.assertEqual(
@@ -223,6 +237,9 @@ class SameAsMemoryHub(RedisCase):
                 versions[state.uid] = state.version
             self.assertEqual(got.resyncs, [[]])
         self.assertGreater(len(la.states), steps // 10)
+        if per_turn > 1:
+            for bus in (a, b):
+                self.assertLess(bus.stats["apply_scripts"], bus.stats["applies"])
         await a.stopService()
         await b.stopService()
 
@@ -233,6 +250,15 @@ class SameAsMemoryHub(RedisCase):
         sequence of states as MemoryHub's, with growing versions."""
         for seed in range(5):
             await self.run_ops(seed, 250)
+            self.redis.command("FLUSHALL")
+
+    @async_test
+    async def test_random_calls_batched(self) -> None:
+        """The same with up to 8 publishes of a node per reactor turn, sent
+        as one APPLY_MANY: the listeners are told what MemoryHub tells for
+        the same calls one by one."""
+        for seed in range(5, 10):
+            await self.run_ops(seed, 250, per_turn=8)
             self.redis.command("FLUSHALL")
 
     @async_test
@@ -285,21 +311,28 @@ class Subscriptions(RedisCase):
     async def test_batched(self) -> None:
         """Following 12,000 users takes ceil(12000 / CHUNK) SUBSCRIBE
         commands and one pipelined read; unfollowing them as few
-        UNSUBSCRIBEs; one node publishing them all runs one script each."""
+        UNSUBSCRIBEs; 150 logins published in one turn are one SADD and
+        ceil(150 / APPLY_BATCH) scripts."""
         a, _ = await self.node("a")
         b, lb = await self.node("b")
         n = 12_000
-        for uid in range(1, 101):
+        self.redis.command("CONFIG", "RESETSTAT")
+        for uid in range(1, 151):
             a.publish(uid, Share(1), None, 1.0)
         await a.flush()
+        stats = self.redis.info("commandstats")
+        self.assertIn("calls=1,", stats["cmdstat_sadd"])
+        self.assertIn(f"calls={-(-150 // APPLY_BATCH)},", stats["cmdstat_evalsha"])
+        self.assertEqual(a.stats["apply_scripts"], -(-150 // APPLY_BATCH))
+        self.assertIn("calls=150,", stats["cmdstat_publish"])
         self.redis.command("CONFIG", "RESETSTAT")
         b.follow(range(1, n + 1))
         await self.sync(a, b)
         stats = self.redis.info("commandstats")
         chunks = -(-n // CHUNK)
         self.assertIn(f"calls={chunks},", stats["cmdstat_subscribe"])
-        self.assertIn(f"calls={n},", stats["cmdstat_hmget"])
-        self.assertEqual(len(lb.states), 100)
+        self.assertIn(f"calls={n},", stats["cmdstat_hget"])
+        self.assertEqual(len(lb.states), 150)
         self.assertEqual(b.stats["reads"], chunks + 1)
         b.unfollow(range(1, n + 1))
         await self.sync(a, b)
@@ -466,8 +499,7 @@ class NodeFailure(RedisCase):
         c.publish(9, None, None, reactor.seconds())
         await self.sync(c, b)
         self.assertEqual(lb.view[9].status, "busy")
-        await until(lambda: self.redis.command("HLEN", scripts.shares_key(9)) == 1,
-                    ttl + 2)
+        await until(lambda: shares(self.redis, 9) == 1, ttl + 2)
         await self.sync(b)
         self.assertEqual([(s.present, s.status) for s in lb.states],
                          [(True, "away"), (True, "busy")])
@@ -604,10 +636,10 @@ class RedisOutage(RedisCase):
         self.assertEqual(set(lb.view), {1})
         # Told by an event or by the resync, depending on which node
         # recovered first; stored with the time of the removal.
-        self.assertEqual(
-            self.redis.command("HMGET", scripts.state_key(2), "p", "ls"),
-            [b"0", b"7.000000"],
-        )
+        stored = self.redis.command("HGET", scripts.user_key(2), scripts.STATE)
+        assert isinstance(stored, bytes)
+        self.assertEqual(stored.split(b"|")[1:], [b"0", b"offline", b"0",
+                                                  b"7.000000", b"", b""])
 
     @async_test
     async def test_outage_longer_than_ttl_no_flap(self) -> None:
@@ -681,7 +713,9 @@ class RedisOutage(RedisCase):
         self.redis.command("SCRIPT", "FLUSH")
         a.publish(1, Share(1), None, 1.0)
         await lb.until(lambda: 1 in lb.view, 10)
-        self.assertEqual(self.redis.command("HGET", scripts.state_key(1), "p"), b"1")
+        stored = self.redis.command("HGET", scripts.user_key(1), scripts.STATE)
+        assert isinstance(stored, bytes)
+        self.assertEqual(stored.split(b"|")[1], b"1")
 
 
 class _Transport:

@@ -9,7 +9,7 @@ from presence.cluster import options as cluster
 from presence.cluster.bus import RedisBus
 from presence.cluster.codec import (
     decode_event,
-    decode_stored,
+    decode_state,
     encode_listed,
     encode_share,
 )
@@ -135,12 +135,12 @@ class Codec(unittest.TestCase):
         )
 
     def test_stored(self) -> None:
-        """HMGET of a present state, a tombstone, nothing."""
+        """A user's stored state (the event without its id): present, and a
+        tombstone, which is the absent state with its version."""
         self.assertEqual(
-            decode_stored(7, [b"1", b"busy", b"", b"", b"1", b"3.0", b"9"]),
+            decode_state(7, b"9|1|busy|1|3.0||"),
             UserState(7, True, "busy", "", frozenset(), 1, 3.0, 9),
         )
-        tomb = decode_stored(7, [b"0", None, None, None, None, b"4.0", b"10"])
+        tomb = decode_state(7, b"10|0|offline|0|4.0||")
         self.assertEqual(tomb, UserState(7, False, "offline", "", frozenset(), 0,
                                          4.0, 10))
-        self.assertIsNone(decode_stored(7, [None] * 7))
