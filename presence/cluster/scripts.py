@@ -117,7 +117,8 @@ if stored then
   end
 end
 if not oldp then osa = '0' end
-local dels, mine = {}, nil
+-- (Tables only where needed: each costs as much as a pattern match.)
+local dels, mine = nil, nil
 if mode == 'del' or mode == 'undo' or mode == 'reap' then
   local held = shares[me]
   if not held then return 0 end
@@ -127,7 +128,7 @@ if mode == 'del' or mode == 'undo' or mode == 'reap' then
       at = ended
     end
   end
-  dels[1] = me
+  dels = {me}
   shares[me] = nil
   has_change = false
 else
@@ -144,6 +145,7 @@ else
   if string.sub(share, 1, 2) ~= '0|' then
     for node, held in pairs(shares) do
       if node ~= me and string.sub(held, 1, 2) == '0|' then
+        dels = dels or {}
         dels[#dels + 1] = node
         shares[node] = nil
       end
@@ -157,7 +159,7 @@ else
     end
     if live then
       if shares[me] then
-        dels[#dels + 1] = me
+        dels = {me}
         shares[me] = nil
       end
     else
@@ -190,18 +192,18 @@ if (mode == 'undo' or mode == 'reap') and present then
 end
 -- (Counted as strings where one share is all there is, the usual case:
 -- formatting a number costs more than the rest of a share's parsing.)
-local sessions, count, lists = '0', 0, {}
+local sessions, count, listed, lists = '0', 0, '', nil
 for _, held in pairs(shares) do
   local n, l = string.match(held, '^(%d+)|[^|]*|[^|]*|([^|]*)|')
   count = count + 1
   if count == 1 then sessions = n
   else sessions = string.format('%d', tonumber(sessions) + tonumber(n)) end
-  if l ~= '' then lists[#lists + 1] = l end
+  if l ~= '' then
+    if listed == '' then listed = l
+    else lists = lists or {listed}; lists[#lists + 1] = l end
+  end
 end
-local listed = ''
-if #lists == 1 then
-  listed = lists[1]
-elseif #lists > 1 then
+if lists then
   local seen, ids = {}, {}
   for _, l in ipairs(lists) do
     for id in string.gmatch(l, '[^,]+') do
@@ -216,7 +218,7 @@ local visible = present and status ~= 'invisible'
 local ovisible = oldp and ostatus ~= 'invisible'
 local last_seen = ols or at
 if ovisible and not visible then last_seen = at end
-if #dels > 0 then redis.call('HDEL', hk, unpack(dels)) end
+if dels then redis.call('HDEL', hk, unpack(dels)) end
 local news = not (present == oldp and status == ostatus and text == otext
   and listed == olisted)
 local v = over
