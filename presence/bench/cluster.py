@@ -122,12 +122,13 @@ class ClusterBench(Bench):
             except OSError:
                 pass
         self.redis_probe = Probe(self.redis.proc.pid)
+        url = self.redis.unix_url if o.redis_unix else self.redis.url
         for i in range(self.nodes):
             log = None
             if o.server_log is not None:
                 log = o.server_log.with_name(f"{o.server_log.name}.{i}")
             node = LaunchedServer.for_bench(
-                [*self.server_options(limit), "--redis", self.redis.url,
+                [*self.server_options(limit), "--redis", url,
                  "--node-id", f"bench-{i}"],
                 log_path=log, cpus=self.server_cpus or None,
             )
@@ -148,7 +149,8 @@ class ClusterBench(Bench):
         self.results["cluster"] = {
             "nodes": [{"address": n.address, "pid": n.pid, "argv": n.argv}
                       for n in self.node_servers],
-            "redis": {"url": self.redis.url, "pid": self.redis.proc.pid,
+            "redis": {"url": self.redis.unix_url if self.opts.redis_unix
+                      else self.redis.url, "pid": self.redis.proc.pid,
                       "version": version},
             "cross_node_edges": cross_fraction(self.graph, self.nodes),
         }

@@ -76,7 +76,9 @@ def print_cluster(results: dict[str, Any], out: TextIO) -> None:
     out.write(
         f"\ncluster: {len(nodes)} nodes ("
         + ", ".join(n["address"] for n in nodes)
-        + f"), redis-server {redis.get('version')} (pid {redis.get('pid')}); user"
+        + f"), redis-server {redis.get('version')} (pid {redis.get('pid')}, "
+        f"{'Unix socket' if str(redis.get('url', '')).startswith('unix:') else 'TCP'}"
+        "); user"
         f" u on node u % {len(nodes)}; cross-node friend edges "
         f"{(cluster.get('cross_node_edges') or 0) * 100:.1f}%\n\n"
     )

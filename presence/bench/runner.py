@@ -113,6 +113,7 @@ class Options:
     wait_quiet: float = 0.0  # seconds to wait for other processes to quieten
     server_log: Path | None = None
     transport: str = "lines"  # or "websocket" (presence.bench.wsbench)
+    redis_unix: bool = False  # --cluster: nodes reach Redis by its Unix socket
 
 
 class ServerProcess(Protocol):

@@ -103,6 +103,7 @@ class RedisBus(service.Service):
         node: str | None = None,
         ttl: float = 10.0,
         reactor: Any = None,
+        batch_delay: float = 0.0,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default
@@ -117,6 +118,10 @@ class RedisBus(service.Service):
         self.interval = min(ttl / 10, 0.5)
         # A connection that answers nothing for this long is dropped.
         self.silence = max(ttl / 2, 2 * self.interval)
+        # How long a change may wait for others to share its script call: 0,
+        # the end of the reactor turn (no delay: Twisted writes then anyway);
+        # more trades latency for fewer wakeups of Redis (docs/cluster.rst).
+        self.batch_delay = batch_delay
         self._reactor = reactor
         self.incarnation = self._new_incarnation()
         self._registered = False
@@ -269,7 +274,8 @@ class RedisBus(service.Service):
         turn = self._turn
         if turn is None:
             turn = self._turn = Turn()
-            self._turn_call = self._reactor.callLater(0, self._send_turn)
+            self._turn_call = self._reactor.callLater(self.batch_delay,
+                                                      self._send_turn)
         if share is None:
             if had:
                 turn.changes.append(self._change(uid, "del", None, None, at))
@@ -863,7 +869,8 @@ class RedisBus(service.Service):
             return
         self._beat_sent = now
         d = self._heartbeat(cmd, "beat")
-        d.addCallback(self._beaten, cmd, self._generation)
+        d.addCallbacks(self._beaten, self._beat_failed,
+                       callbackArgs=(cmd, self._generation))
         self._send(d)
 
     def _silent(self, conn: Any, sent: float, now: float) -> bool:
@@ -875,6 +882,13 @@ class RedisBus(service.Service):
         if conn.received != conn.counted:
             conn.counted, conn.heard = conn.received, now
         return now - max(sent, conn.heard) > self.silence
+
+    def _beat_failed(self, failure: Failure) -> Failure:
+        # Answered with an error (OOM, READONLY...): beat again next tick, or
+        # this node would stop refreshing its liveness for good and be
+        # declared dead while connected.
+        self._beat_sent = None
+        return failure
 
     def _beaten(
         self, reply: list[Any], cmd: CommandConnection, generation: int

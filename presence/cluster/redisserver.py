@@ -70,11 +70,21 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def socket(self) -> str:
+        """Its Unix socket (it listens on both)."""
+        return os.path.join(self.dir, "redis.sock")
+
+    @property
+    def unix_url(self) -> str:
+        return f"unix://{self.socket}"
+
     def start(self, timeout: float = 10.0) -> RedisServer:
         self.proc = subprocess.Popen(
             [
                 *self.wrapper, self.binary,
                 "--port", str(self.port), "--bind", "127.0.0.1",
+                "--unixsocket", self.socket, "--unixsocketperm", "700",
                 "--save", "", "--appendonly", "no", "--dir", self.dir,
                 "--daemonize", "no", "--loglevel", "warning",
             ],

@@ -14,6 +14,7 @@ import signal
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
+import txredisapi
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 from zope.interface import implementer
@@ -339,6 +340,77 @@ class Subscriptions(RedisCase):
         stats = self.redis.info("commandstats")
         self.assertIn(f"calls={chunks},", stats["cmdstat_unsubscribe"])
         self.assertEqual(self.redis.command("PUBSUB", "NUMSUB", "{u:1}"), [b"{u:1}", 0])
+
+
+class Batching(RedisCase):
+    @async_test
+    async def test_crossslot_falls_back_to_one_per_change(self) -> None:
+        """Where Redis refuses APPLY_MANY (CROSSSLOT, Redis Cluster), the
+        node reconnects, asserts its users again one APPLY each, and sends
+        one APPLY per change from then on: nothing is lost."""
+        refusing = scripts.Script(
+            "apply_many",
+            "return redis.error_reply('CROSSSLOT Keys in request do not hash "
+            "to the same slot')",
+        )
+        self.patch(scripts, "APPLY_MANY", refusing)
+        self.patch(scripts, "SCRIPTS", tuple(
+            refusing if s.name == "apply_many" else s for s in scripts.SCRIPTS))
+        a, _ = await self.node("a")
+        b, lb = await self.node("b")
+        b.follow([1, 2, 3])
+        await self.sync(a, b)
+        a.publish(1, Share(1), None, 1.0)
+        a.publish(2, Share(1), StatusChange("away", None), 1.0)
+        await lb.until(lambda: set(lb.view) == {1, 2}, 10)
+        self.assertFalse(a._apply_many)
+        self.assertEqual(lb.view[2].status, "away")
+        scripts_before = a.stats["apply_scripts"]
+        a.publish(3, Share(1), None, 2.0)
+        a.publish(1, Share(1), StatusChange("busy", None), 2.0)
+        await self.sync(a, b)
+        self.assertEqual(a.stats["apply_scripts"] - scripts_before, 2)
+        self.assertEqual((set(lb.view), lb.view[1].status), ({1, 2, 3}, "busy"))
+
+    @async_test
+    async def test_batch_delay_waits_for_more(self) -> None:
+        """With a batch delay, changes of several turns wait and go out
+        together as one script (here: when the node is flushed, long before
+        the delay is over); nothing reaches Redis before."""
+        a, _ = await self.node("a")
+        a.batch_delay = 60.0
+        b, lb = await self.node("b")
+        b.follow([1, 2, 3])
+        await self.sync(a, b)
+        scripts_before = a.stats["apply_scripts"]
+        for uid in (1, 2, 3):
+            a.publish(uid, Share(1), None, 1.0)
+            await task.deferLater(reactor, 0.01, lambda: None)  # another turn
+        self.assertIsNone(self.redis.command("HGET", scripts.user_key(1),
+                                             scripts.STATE))
+        await self.sync(a, b)
+        self.assertEqual(a.stats["apply_scripts"] - scripts_before, 1)
+        self.assertEqual(set(lb.view), {1, 2, 3})
+
+    @async_test
+    async def test_unix_socket(self) -> None:
+        """A node reaching Redis by its Unix socket is one of the cluster
+        like any other: it is told what a TCP node publishes, and back."""
+        a, la = await self.node("a")
+        bus = RedisBus(RedisAddress.parse(self.redis.unix_url), "b")
+        self.assertEqual(str(bus.address), self.redis.unix_url)
+        lb = Listener()
+        bus.attach(lb)
+        bus.startService()
+        self.addCleanup(lambda: bus.stopService() if bus.running else None)
+        await bus.when_up()
+        bus.follow([1])
+        a.follow([2])
+        await self.sync(a, bus)
+        a.publish(1, Share(1), None, 1.0)
+        bus.publish(2, Share(1), None, 1.0)
+        await self.sync(a, bus)
+        self.assertEqual((set(la.view), set(lb.view)), ({2}, {1}))
 
 
 class Control(RedisCase):
@@ -740,6 +812,39 @@ class _Subscriber:
     def ping(self) -> defer.Deferred[None]:
         self.pings += 1
         return defer.Deferred()
+
+
+class _RefusingCommands:
+    """A command connection whose every call Redis answers with an error."""
+
+    received = 0
+    counted = 0
+    heard = 0.0
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def call(self, *args: Any) -> defer.Deferred[Any]:
+        self.calls.append(args)
+        return defer.fail(txredisapi.ResponseError("OOM command not allowed"))
+
+
+class HeartbeatRefused(unittest.SynchronousTestCase):
+    def test_beats_again(self) -> None:
+        """A heartbeat answered with an error (OOM, READONLY) is logged and
+        the next tick beats again: the node does not stop refreshing its
+        liveness while connected."""
+        clock = task.Clock()
+        bus = RedisBus(RedisAddress.parse("redis://127.0.0.1:1/0"), "n", 10.0,
+                       reactor=clock)
+        cmd = _RefusingCommands()
+        bus._cmd = cmd  # type: ignore[assignment]
+        bus._registered, bus._recovering = True, False
+        for _ in range(3):
+            bus._tick()
+            clock.advance(bus.interval)
+        self.assertEqual(len(cmd.calls), 3)
+        self.assertEqual(len(self.flushLoggedErrors(txredisapi.ResponseError)), 3)
 
 
 class Silence(unittest.SynchronousTestCase):

@@ -59,6 +59,22 @@ class RedisURLs(unittest.TestCase):
         text = str(RedisAddress.parse("redis://:hunter2@h:1/2"))
         self.assertEqual(text, "redis://:***@h:1/2")
 
+    def test_unix(self) -> None:
+        """unix:// names a socket path, with credentials and ?db=N; printed
+        without the password."""
+        a = RedisAddress.parse("unix://u:p%40w@/run/redis/redis.sock?db=3")
+        self.assertEqual((a.path, a.db, a.username, a.password),
+                         ("/run/redis/redis.sock", 3, "u", "p@w"))
+        self.assertEqual(str(a), "unix://u:***@/run/redis/redis.sock?db=3")
+        plain = RedisAddress.parse("unix:///tmp/r.sock")
+        self.assertEqual((plain.path, plain.db, plain.password), ("/tmp/r.sock", 0,
+                                                                 None))
+        self.assertEqual(str(plain), "unix:///tmp/r.sock")
+        for url in ("unix://host/tmp/r.sock", "unix:tmp/r.sock",
+                    "unix:///tmp/r.sock?db=x", "unix:///tmp/r.sock?timeout=1"):
+            with self.assertRaises(ValueError, msg=url):
+                RedisAddress.parse(url)
+
     def test_bad(self) -> None:
         """Other schemes, a bad port, a non-numeric database, a query: refused."""
         for url in (
@@ -87,7 +103,11 @@ class ClusterOptionParsing(unittest.TestCase):
         self.assertEqual(bus.interval, 0.45)
         default = cluster.build_bus(parse("--redis", "redis://h"))
         assert default is not None
-        self.assertEqual(default.interval, 0.5)
+        self.assertEqual((default.interval, default.batch_delay), (0.5, 0.0))
+        batched = cluster.build_bus(parse("--redis", "redis://h",
+                                          "--redis-batch-ms", "2.5"))
+        assert batched is not None
+        self.assertEqual(batched.batch_delay, 0.0025)
 
     def test_default_node_id(self) -> None:
         """Without --node-id the node is hostname:pid; ttl 10 s."""
@@ -97,13 +117,16 @@ class ClusterOptionParsing(unittest.TestCase):
         self.assertEqual(bus.ttl, 10.0)
 
     def test_errors(self) -> None:
-        """Bad URL, short TTL, node id without --redis or with spaces."""
+        """Bad URL, short TTL, node id without --redis or with spaces, a
+        negative batch delay or one without --redis."""
         for argv in (
             ["--redis", "http://h"],
             ["--redis", "redis://h", "--node-ttl", "0.5"],
             ["--redis", "redis://h", "--node-ttl", "nan"],
             ["--node-id", "n1"],
             ["--redis", "redis://h", "--node-id", "has space"],
+            ["--redis", "redis://h", "--redis-batch-ms", "-1"],
+            ["--redis-batch-ms", "2"],
         ):
             with self.assertRaises(usage.UsageError, msg=argv):
                 parse(*argv)
