@@ -25,9 +25,9 @@ from presence.cluster import scripts
 # short enough not to hold Redis for more than a few milliseconds.
 APPLY_BATCH = 100
 
-# One change, as the scripts take it: uid, mode, share, status ("" = none),
-# has_text ("1"/"0"), text, at, status_at (see scripts.APPLY).
-Change = tuple[int, str, str, str, str, str, str, str]
+# One change, as the scripts take it: uid, mode, share, kept, status ("" =
+# none), has_text ("1"/"0"), text, at, status_at (see scripts.APPLY).
+Change = tuple[int, str, str, str, str, str, str, str, str]
 Command = tuple[str | int, ...]
 
 
@@ -55,10 +55,9 @@ class Turn:
 
 def apply_one(incarnation: str, change: Change) -> Command:
     """The EVALSHA of APPLY for one change."""
-    uid, mode, share, status, has_text, text, at, written = change
+    uid, *args = change
     return ("EVALSHA", scripts.APPLY.sha, 1, scripts.user_key(uid), uid,
-            incarnation, mode, share, status, has_text, text, at, written,
-            scripts.TOMBSTONE_TTL)
+            incarnation, *args, scripts.TOMBSTONE_TTL)
 
 
 def applies(incarnation: str, changes: list[Change], many: bool) -> list[Command]:

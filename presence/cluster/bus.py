@@ -50,6 +50,7 @@ from presence.cluster.codec import (
     decode_state,
     encode_share,
     format_at,
+    share_kept,
 )
 from presence.cluster.connection import (
     CommandConnection,
@@ -241,7 +242,8 @@ class RedisBus(service.Service):
     def publish(
         self, uid: int, share: Share | None, change: StatusChange | None, at: float
     ) -> None:
-        had = uid in self._shares
+        before = self._shares.get(uid)
+        had = before is not None
         write: _Write | None = None
         if share is None:
             self._shares.pop(uid, None)
@@ -283,7 +285,9 @@ class RedisBus(service.Service):
         else:
             if not had:
                 turn.added.append(uid)
-            turn.changes.append(self._change(uid, "set", share, write, at))
+            # Only the status write can change: the scripts' shortcut.
+            mode = "status" if share == before and share.sessions else "set"
+            turn.changes.append(self._change(uid, mode, share, write, at))
 
     def _send_turn(self) -> None:
         """Send what this turn's publishes have to tell Redis (L{batch})."""
@@ -619,11 +623,13 @@ class RedisBus(service.Service):
     ) -> Change:
         """A change as the APPLY scripts take it (see their arguments)."""
         status, has_text, text, written = write or ("", False, "", at)
+        encoded = "" if share is None else encode_share(
+            share, self._since.get(uid, at), self._writes.get(uid))
         return (
             uid,
             mode,
-            encode_share(share, self._since.get(uid, at), self._writes.get(uid))
-            if share is not None else "",
+            encoded,
+            str(share_kept(encoded)) if mode == "status" else "",
             status,
             "1" if has_text else "0",
             text,

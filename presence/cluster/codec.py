@@ -41,6 +41,15 @@ def encode_share(
     )
 
 
+def share_kept(encoded: str) -> int:
+    """The length of an encoded share's first four fields (the share proper,
+    before the status write): what mode "status" of the scripts checks."""
+    end = -1
+    for _ in range(4):
+        end = encoded.index("|", end + 1)
+    return end + 1
+
+
 def absent(uid: int, version: int, last_seen: float = 0.0) -> UserState:
     return UserState(uid, False, "offline", "", _EMPTY, 0, last_seen, version)
 

@@ -79,10 +79,16 @@ class Script:
 
 # The function every script that changes a user runs (L{APPLY}, L{APPLY_MANY},
 # L{REAP_MANY}): HK, the user's hash; UID; ME, the incarnation; MODE (set |
-# assert | del | undo | reap); SHARE; CST, a status written ("" = unchanged);
+# status | assert | del | undo | reap); SHARE; KEPT, with mode status, the
+# length of SHARE's first four fields (SESSIONS|ENDED_AT|SINCE|LISTED|);
+# CST, a status written ("" = unchanged);
 # HAS_TEXT (a boolean) and CTEXT, a text written; AT, when (the node's
 # clock); CAT, when the status was written; TTL, the tombstone's.
 #   set:    this node's share is now SHARE; a status write applies.
+#   status: as set, from a node whose share is unchanged but for its status
+#           write (KEPT): when Redis holds that share, live, and the user is
+#           present, nothing but the status and text can change, so the
+#           other shares are not read (a status change is the commonest call).
 #   assert: the same after a reconnect; the remembered status write applies
 #           only if newer (CAT) than the one stored.
 #   del:    this node holds no share any more (a no-op if it held none).
@@ -96,8 +102,36 @@ class Script:
 # Returns 1 when it published a new version, else 0.
 # Mirrors presence.core.bus.MemoryHub._apply and _settle.
 _APPLY_FUNCTION = r"""
-local function apply(hk, uid, me, mode, share, cst, has_text, ctext, at, cat, ttl)
+local function apply(hk, uid, me, mode, share, kept, cst, has_text, ctext, at, cat,
+    ttl)
 local has_change = cst ~= '' or has_text
+if mode == 'status' then
+  local got = redis.call('HMGET', hk, 'v', 'a', me)
+  local stored, osa, held = got[1], got[2], got[3]
+  if stored and held and string.sub(held, 1, 2) ~= '0|' and
+      string.sub(held, 1, kept) == string.sub(share, 1, kept) then
+    local over, p, ostatus, n, ols, listed, otext = string.match(stored,
+      '^(%d+)|(%d)|([^|]*)|(%d*)|([^|]*)|([^|]*)|(.*)$')
+    if p == '1' then
+      local status, text, sa = ostatus, otext, cat
+      if cst ~= '' then status = cst end
+      if has_text then text = ctext end
+      if not has_change then sa = osa or '0' end
+      local last_seen = ols
+      if ostatus ~= 'invisible' and status == 'invisible' then last_seen = at end
+      local news = status ~= ostatus or text ~= otext
+      local v = over
+      if news then v = string.format('%d', tonumber(over) + 1) end
+      local body = v .. '|1|' .. status .. '|' .. n .. '|' .. last_seen .. '|' ..
+        listed .. '|' .. text
+      redis.call('HSET', hk, me, share, 'v', body, 'a', sa)
+      if not news then return 0 end
+      redis.call('PUBLISH', '{u:' .. uid .. '}', uid .. '|' .. body)
+      return 1
+    end
+  end
+  mode = 'set'  -- not as the node thought: the whole computation
+end
 local all = redis.call('HGETALL', hk)
 local shares, stored, osa = {}, nil, '0'
 for i = 1, #all, 2 do
@@ -263,15 +297,16 @@ return 1
 end
 """
 
-# KEYS: the user's hash.  ARGV: uid, incarnation, mode, share, status ("" =
-# unchanged), has_text ("1"/"0"), text, at, status_at, tombstone ttl.
+# KEYS: the user's hash.  ARGV: uid, incarnation, mode, share, kept ("" but
+# with mode status), status ("" = unchanged), has_text ("1"/"0"), text, at,
+# status_at, tombstone ttl.
 APPLY = Script("apply", _APPLY_FUNCTION + r"""
-return apply(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5],
-  ARGV[6] == '1', ARGV[7], ARGV[8], ARGV[9], ARGV[10])
+return apply(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]),
+  ARGV[6], ARGV[7] == '1', ARGV[8], ARGV[9], ARGV[10], ARGV[11])
 """)
 
 # KEYS: each user's hash in turn.  ARGV: the incarnation, the tombstone ttl,
-# then for each user: uid, mode, share, status, has_text, text, at,
+# then for each user: uid, mode, share, kept, status, has_text, text, at,
 # status_at.  Many of one node's changes in one call, in order: what a node
 # publishes in one reactor turn costs Redis one command, not one per change.
 # Refused on Redis Cluster (keys of several slots, CROSSSLOT): the bus sends
@@ -280,8 +315,9 @@ APPLY_MANY = Script("apply_many", _APPLY_FUNCTION + r"""
 local me, ttl, changed, j = ARGV[1], ARGV[2], 0, 3
 for i = 1, #KEYS do
   changed = changed + apply(KEYS[i], ARGV[j], me, ARGV[j + 1], ARGV[j + 2],
-    ARGV[j + 3], ARGV[j + 4] == '1', ARGV[j + 5], ARGV[j + 6], ARGV[j + 7], ttl)
-  j = j + 8
+    tonumber(ARGV[j + 3]), ARGV[j + 4], ARGV[j + 5] == '1', ARGV[j + 6],
+    ARGV[j + 7], ARGV[j + 8], ttl)
+  j = j + 9
 end
 return changed
 """)
@@ -366,7 +402,7 @@ return 1
 REAP_MANY = Script("reap_many", _APPLY_FUNCTION + r"""
 local changed = 0
 for i = 4, #ARGV do
-  changed = changed + apply(KEYS[i - 3], ARGV[i], ARGV[1], 'reap', '', '',
+  changed = changed + apply(KEYS[i - 3], ARGV[i], ARGV[1], 'reap', '', nil, '',
     false, '', ARGV[2], ARGV[2], ARGV[3])
 end
 return changed

@@ -11,8 +11,8 @@ INC = "node/abcd"
 
 
 def change(uid: int, mode: str = "set") -> Change:
-    return (uid, mode, "1|0|0||0||0|" if mode == "set" else "", "away", "1", "x",
-            "5.000000", "5.000000")
+    return (uid, mode, "1|0|0||0||0|" if mode == "set" else "", "", "away", "1",
+            "x", "5.000000", "5.000000")
 
 
 class TurnCommands(SynchronousTestCase):
@@ -26,7 +26,7 @@ class TurnCommands(SynchronousTestCase):
         self.assertEqual(
             commands[0],
             ("EVALSHA", scripts.APPLY.sha, 1, "{u:7}:h", 7, INC, "set",
-             "1|0|0||0||0|", "away", "1", "x", "5.000000", "5.000000",
+             "1|0|0||0||0|", "", "away", "1", "x", "5.000000", "5.000000",
              scripts.TOMBSTONE_TTL),
         )
         self.assertEqual(removed, [])
@@ -34,7 +34,7 @@ class TurnCommands(SynchronousTestCase):
     def test_order(self) -> None:
         """Users added: one SADD first; then the changes in order, many per
         APPLY_MANY call (keys in order, then the incarnation, the TTL and
-        each change's eight arguments); the users removed come back for an
+        each change's nine arguments); the users removed come back for an
         SREM after them."""
         turn = Turn()
         turn.added.append(1)

@@ -12,6 +12,7 @@ from presence.cluster.codec import (
     decode_state,
     encode_listed,
     encode_share,
+    share_kept,
 )
 from presence.cluster.connection import RedisAddress
 from presence.core.interfaces import Share, UserState
@@ -148,6 +149,17 @@ class Codec(unittest.TestCase):
             encode_share(Share(0, frozenset(), 5.5), 1.0, ("away", True, "a|b", 2.0)),
             "0|5.500000|1.000000||2.000000|away|1|a|b",
         )
+
+    def test_share_kept(self) -> None:
+        """The length of a share's first four fields: what stays when only
+        its status write changes."""
+        encoded = encode_share(Share(2, frozenset({3}), 0.0), 1.0,
+                               ("away", True, "a|b", 2.0))
+        kept = share_kept(encoded)
+        self.assertEqual(encoded[:kept], "2|0.000000|1.000000|3|")
+        again = encode_share(Share(2, frozenset({3}), 0.0), 1.0,
+                             ("busy", False, "", 3.0))
+        self.assertEqual(again[:share_kept(again)], encoded[:kept])
 
     def test_event(self) -> None:
         """An event: text last (it may hold the separator)."""
