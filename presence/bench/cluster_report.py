@@ -126,6 +126,11 @@ def print_commands(label: str, stats: dict[str, Any], out: TextIO) -> None:
                      f"{c['us_per_change']:.2f}"])
     _table(rows, out)
     pc = stats.get("per_change") or {}
+    reads = pc.get("total_reads_processed")
+    if reads:
+        # Each read is a wakeup of Redis: what a change costs it most when
+        # changes come one at a time (docs/cluster.rst, "Redis CPU per change").
+        out.write(f"changes per Redis wakeup: {1 / reads:.2f}\n")
     out.write(
         f"socket reads {_fmt(pc.get('total_reads_processed'))}, writes "
         f"{_fmt(pc.get('total_writes_processed'))}; bytes in "

@@ -109,8 +109,8 @@ class RedisBreakdownTests(SynchronousTestCase):
 
     def test_printed(self) -> None:
         """The cluster report prints each fan-out phase's breakdown: a row
-        per command with calls and microseconds per change, then the socket
-        counts."""
+        per command with calls and microseconds per change, the changes per
+        wakeup of Redis (per socket read), then the socket counts."""
         stats = {"changes": 100, "commands": {
             "evalsha": {"calls": 100, "calls_per_change": 1.0,
                         "us_per_change": 20.0}},
@@ -124,3 +124,4 @@ class RedisBreakdownTests(SynchronousTestCase):
                       text)
         self.assertRegex(text, r"evalsha\s+1\.000\s+20\.00")
         self.assertIn("socket reads 0.50, writes 1.00", text)
+        self.assertIn("changes per Redis wakeup: 2.00", text)
