@@ -77,3 +77,28 @@ def test_bench_cluster_end_to_end(tmp_path: Path) -> None:
     names = {t["name"] for t in results["targets"]}
     assert "deliveries lost or duplicated" in names
     assert "Redis CPU per presence change" in names
+
+
+def test_bench_cluster_unix_socket(tmp_path: Path) -> None:
+    """With --redis-unix the nodes reach Redis by its Unix socket: the run
+    says so, and loses or duplicates no delivery."""
+    require_redis()
+    out = tmp_path / "results.json"
+    cmd = [
+        *bench_command(), "--cluster", "2", "--redis-unix",
+        "--users", "100", "--friends", "4", "--seed", "3",
+        "--hold", "1", "--rates", "50", "--phase-seconds", "1",
+        "--churn-seconds", "0", "--drain-timeout", "20",
+        "--out", str(out), "--no-progress",
+    ]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Unix socket" in proc.stdout
+    results = json.loads(out.read_text())
+    assert results["cluster"]["redis"]["url"].startswith("unix:///")
+    assert all("unix:///" in " ".join(n["argv"]) for n in results["cluster"]["nodes"])
+    [phase] = results["fanout"]
+    assert phase["events_sent"] > 0
+    check = phase["exactly_once"]
+    assert (check["lost"], check["duplicated"]) == (0, 0)
