@@ -20,7 +20,8 @@ def test_bench_cluster_end_to_end(tmp_path: Path) -> None:
     """A tiny two-node run logs every user in, spreads them over both nodes
     with nearly every friend on the other one, loses and duplicates no
     delivery, and reports cross-node latency, the nodes' and Redis's CPU,
-    Redis's memory per user and logins per second."""
+    Redis's memory per user, logins per second and Redis's command breakdown
+    (one PUBLISH per change)."""
     require_redis()
     out = tmp_path / "results.json"
     cmd = [
@@ -35,7 +36,8 @@ def test_bench_cluster_end_to_end(tmp_path: Path) -> None:
                           timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for text in ("cross-node friend edges", "deliveries lost or duplicated",
-                 "logins with snapshot", "Redis memory"):
+                 "logins with snapshot", "Redis memory",
+                 "Redis command breakdown"):
         assert text in proc.stdout, text
 
     results = json.loads(out.read_text())
@@ -64,6 +66,13 @@ def test_bench_cluster_end_to_end(tmp_path: Path) -> None:
     for key in ("cpu_us_per_delivery_net", "redis_cpu_us_per_change",
                 "redis_cpu_us_per_change_net"):
         assert phase[key] is not None, key
+
+    # Every change is one script call or part of one; the calls are counted
+    # by Redis (INFO commandstats), not timed.
+    commands = phase["redis_commands"]["commands"]
+    assert commands["evalsha"]["calls"] >= 1
+    assert commands["publish"]["calls"] == phase["events_sent"]
+    assert phase["redis_commands"]["per_change"]["total_reads_processed"] > 0
 
     names = {t["name"] for t in results["targets"]}
     assert "deliveries lost or duplicated" in names
@@ -106,3 +115,28 @@ def test_bench_cluster_against_redis(tmp_path: Path) -> None:
         assert summary[key]["ratio"] is not None, key
     assert summary["nodes_cpu_us@max"]["presence"][0] is not None
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_cluster_unix_socket(tmp_path: Path) -> None:
+    """With --redis-unix the nodes reach Redis by its Unix socket: the run
+    says so, and loses or duplicates no delivery."""
+    require_redis()
+    out = tmp_path / "results.json"
+    cmd = [
+        *bench_command(), "--cluster", "2", "--redis-unix",
+        "--users", "100", "--friends", "4", "--seed", "3",
+        "--hold", "1", "--rates", "50", "--phase-seconds", "1",
+        "--churn-seconds", "0", "--drain-timeout", "20",
+        "--out", str(out), "--no-progress",
+    ]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Unix socket" in proc.stdout
+    results = json.loads(out.read_text())
+    assert results["cluster"]["redis"]["url"].startswith("unix:///")
+    assert all("unix:///" in " ".join(n["argv"]) for n in results["cluster"]["nodes"])
+    [phase] = results["fanout"]
+    assert phase["events_sent"] > 0
+    check = phase["exactly_once"]
+    assert (check["lost"], check["duplicated"]) == (0, 0)

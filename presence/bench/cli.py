@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start a redis-server and N nodes with --redis; user u "
                    "connects to node u %% N, most friends on other nodes "
                    "(docs/cluster.rst, 'Benchmark')")
+    p.add_argument("--redis-unix", action="store_true",
+                   help="with --cluster: the nodes reach Redis by its Unix "
+                   "socket, not TCP on loopback")
     return p
 
 
@@ -164,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cluster and args.transport != "lines":
         raise SystemExit("presence-bench: --cluster drives the line protocol only; "
                          "no --transport websocket")
+    if args.redis_unix and not args.cluster:
+        raise SystemExit("presence-bench: --redis-unix needs --cluster")
     server = None
     if args.server:
         try:
@@ -197,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_quiet=args.wait_quiet,
         transport=args.transport,
         v0_poll=args.v0_poll,
+        redis_unix=args.redis_unix,
     )
     if args.against:
         from presence.bench.against_report import run_against

@@ -22,6 +22,7 @@ import os
 import time
 from typing import Any
 
+from presence.bench import redis_stats
 from presence.bench.graph import cross_fraction
 from presence.bench.launch import LaunchedServer
 from presence.bench.runner import Bench, Options
@@ -123,12 +124,13 @@ class ClusterBench(Bench):
             except OSError:
                 pass
         self.redis_probe = Probe(self.redis.proc.pid)
+        url = self.redis.unix_url if o.redis_unix else self.redis.url
         for i in range(self.nodes):
             log = None
             if o.server_log is not None:
                 log = o.server_log.with_name(f"{o.server_log.name}.{i}")
             node = LaunchedServer.for_bench(
-                [*self.server_options(limit), "--redis", self.redis.url,
+                [*self.server_options(limit), "--redis", url,
                  "--node-id", f"bench-{i}"],
                 log_path=log, cpus=self.server_cpus or None,
             )
@@ -149,7 +151,8 @@ class ClusterBench(Bench):
         self.results["cluster"] = {
             "nodes": [{"address": n.address, "pid": n.pid, "argv": n.argv}
                       for n in self.node_servers],
-            "redis": {"url": self.redis.url, "pid": self.redis.proc.pid,
+            "redis": {"url": self.redis.unix_url if self.opts.redis_unix
+                      else self.redis.url, "pid": self.redis.proc.pid,
                       "version": version},
             "cross_node_edges": cross_fraction(self.graph, self.nodes),
         }
@@ -214,10 +217,13 @@ class ClusterBench(Bench):
         self, tag: str, kind: str, command: tuple[Any, ...], seconds: float,
         label: str,
     ) -> dict[str, Any]:
-        assert self.nodes_probe is not None
+        assert self.nodes_probe is not None and self.redis is not None
+        counters = redis_stats.snapshot(self.redis)
         cpu, each, t0 = self.redis_cpu(), self.nodes_probe.each(), time.monotonic()
         res = super().run_events(tag, kind, command, seconds, label)
         used, wall = self.redis_cpu() - cpu, time.monotonic() - t0
+        res["redis_commands"] = redis_stats.breakdown(
+            counters, redis_stats.snapshot(self.redis), res["events_sent"])
         res["node_cpu_fraction"] = [
             (b - a) / wall for a, b in zip(each, self.nodes_probe.each(), strict=True)]
         res["redis_cpu_s"] = used

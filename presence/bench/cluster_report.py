@@ -76,7 +76,9 @@ def print_cluster(results: dict[str, Any], out: TextIO) -> None:
     out.write(
         f"\ncluster: {len(nodes)} nodes ("
         + ", ".join(n["address"] for n in nodes)
-        + f"), redis-server {redis.get('version')} (pid {redis.get('pid')}); user"
+        + f"), redis-server {redis.get('version')} (pid {redis.get('pid')}, "
+        f"{'Unix socket' if str(redis.get('url', '')).startswith('unix:') else 'TCP'}"
+        "); user"
         f" u on node u % {len(nodes)}; cross-node friend edges "
         f"{(cluster.get('cross_node_edges') or 0) * 100:.1f}%\n\n"
     )
@@ -106,4 +108,35 @@ def print_cluster(results: dict[str, Any], out: TextIO) -> None:
         f"idle: nodes {_fmt((hold.get('server_cpu_fraction') or 0) * 100, 1)}% of a "
         f"core together, Redis {_fmt((hold.get('redis_cpu_fraction') or 0) * 100, 1)}%"
         "\n"
+    )
+    for p in results.get("fanout") or []:
+        if p.get("redis_commands"):
+            print_commands(p["label"], p["redis_commands"], out)
+
+
+def print_commands(label: str, stats: dict[str, Any], out: TextIO) -> None:
+    """The Redis command breakdown of one phase: per change, each command's
+    calls and microseconds (INFO commandstats), then the socket reads and
+    writes, bytes and CPU (INFO stats, INFO cpu)."""
+    out.write(f"\nRedis command breakdown, {label} "
+              f"({stats.get('changes', 0):,} changes), per change:\n")
+    rows = [["command", "calls", "us"]]
+    for name, c in (stats.get("commands") or {}).items():
+        rows.append([name, f"{c['calls_per_change']:.3f}",
+                     f"{c['us_per_change']:.2f}"])
+    _table(rows, out)
+    pc = stats.get("per_change") or {}
+    reads = pc.get("total_reads_processed")
+    if reads:
+        # Each read is a wakeup of Redis: what a change costs it most when
+        # changes come one at a time (docs/cluster.rst, "Redis CPU per change").
+        out.write(f"changes per Redis wakeup: {1 / reads:.2f}\n")
+    out.write(
+        f"socket reads {_fmt(pc.get('total_reads_processed'))}, writes "
+        f"{_fmt(pc.get('total_writes_processed'))}; bytes in "
+        f"{_fmt(pc.get('total_net_input_bytes'), 0)}, out "
+        f"{_fmt(pc.get('total_net_output_bytes'), 0)}; CPU user "
+        f"{_fmt(pc.get('used_cpu_user'), 1)} us, system "
+        f"{_fmt(pc.get('used_cpu_sys'), 1)} us (scripts' own commands are "
+        "counted again under their names)\n"
     )

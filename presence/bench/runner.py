@@ -114,6 +114,7 @@ class Options:
     server_log: Path | None = None
     transport: str = "lines"  # or "websocket", "v0" (presence.bench.wsbench)
     v0_poll: float = 1.0  # seconds a v0 client waits after each reply
+    redis_unix: bool = False  # --cluster: nodes reach Redis by its Unix socket
 
 
 class ServerProcess(Protocol):

@@ -43,12 +43,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from presence.cluster import scripts
+from presence.cluster.batch import Change, Turn, applies, apply_one
 from presence.cluster.codec import (
     absent,
     decode_event,
-    decode_stored,
+    decode_state,
     encode_share,
     format_at,
+    share_kept,
 )
 from presence.cluster.connection import (
     CommandConnection,
@@ -102,6 +104,7 @@ class RedisBus(service.Service):
         node: str | None = None,
         ttl: float = 10.0,
         reactor: Any = None,
+        batch_delay: float = 0.0,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default
@@ -116,6 +119,10 @@ class RedisBus(service.Service):
         self.interval = min(ttl / 10, 0.5)
         # A connection that answers nothing for this long is dropped.
         self.silence = max(ttl / 2, 2 * self.interval)
+        # How long a change may wait for others to share its script call: 0,
+        # the end of the reactor turn (no delay: Twisted writes then anyway);
+        # more trades latency for fewer wakeups of Redis (docs/cluster.rst).
+        self.batch_delay = batch_delay
         self._reactor = reactor
         self.incarnation = self._new_incarnation()
         self._registered = False
@@ -143,6 +150,9 @@ class RedisBus(service.Service):
         self._to_unsub: set[int] = set()
         self._batches: deque[_Batch] = deque()
         self._flush_call: IDelayedCall | None = None
+        # This turn's changes, sent at its end (L{batch}).
+        self._turn: Turn | None = None
+        self._turn_call: IDelayedCall | None = None
 
         self._cmd: CommandConnection | None = None
         self._sub: SubscriberConnection | None = None
@@ -155,14 +165,15 @@ class RedisBus(service.Service):
         self._lost_logged = False
         self._reaping: set[str] = set()
         self._reap_many = True  # False once Redis Cluster refused a batch
+        self._apply_many = True  # likewise
         self._up_waiters: list[defer.Deferred[None]] = []
         # Kept as they were after Redis lost its data, until confirmed.
         self._unconfirmed: set[int] = set()
         self._calls: list[IDelayedCall] = []
         self._beat = task.LoopingCall(self._tick)
         self._beat.clock = reactor
-        self.stats = {"applies": 0, "subscribes": 0, "reads": 0, "resyncs": 0,
-                      "reap_scripts": 0}
+        self.stats = {"applies": 0, "apply_scripts": 0, "subscribes": 0,
+                      "reads": 0, "resyncs": 0, "reap_scripts": 0}
 
     def _new_incarnation(self) -> str:
         return f"{self.node}/{secrets.token_hex(4)}"
@@ -200,6 +211,7 @@ class RedisBus(service.Service):
                 call.cancel()
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
+        self._send_turn()
         cmd = self._cmd
         if cmd is not None and self._asserted:
             try:
@@ -230,7 +242,8 @@ class RedisBus(service.Service):
     def publish(
         self, uid: int, share: Share | None, change: StatusChange | None, at: float
     ) -> None:
-        had = uid in self._shares
+        before = self._shares.get(uid)
+        had = before is not None
         write: _Write | None = None
         if share is None:
             self._shares.pop(uid, None)
@@ -258,23 +271,56 @@ class RedisBus(service.Service):
                 self._gone[uid] = at
         else:
             self._gone.pop(uid, None)
-        cmd = self._cmd
-        if not self._asserted or cmd is None:
+        if not self._asserted or self._cmd is None:
             return
+        turn = self._turn
+        if turn is None:
+            turn = self._turn = Turn()
+            self._turn_call = self._reactor.callLater(self.batch_delay,
+                                                      self._send_turn)
         if share is None:
             if had:
-                cmd.send(*self._apply_args(uid, "del", None, None, at))
-                d = cmd.call("SREM", scripts.users_key(self.incarnation), uid)
-                d.addCallback(self._removed, uid, at)
-                self._send(d)
+                turn.changes.append(self._change(uid, "del", None, None, at))
+                turn.removed.append((uid, at))
         else:
             if not had:
-                cmd.send("SADD", scripts.users_key(self.incarnation), uid)
-            cmd.send(*self._apply_args(uid, "set", share, write, at))
+                turn.added.append(uid)
+            # Only the status write can change: the scripts' shortcut.
+            mode = "status" if share == before and share.sessions else "set"
+            turn.changes.append(self._change(uid, mode, share, write, at))
 
-    def _removed(self, _: object, uid: int, at: float) -> None:
-        if self._gone.get(uid) == at:
-            del self._gone[uid]
+    def _send_turn(self) -> None:
+        """Send what this turn's publishes have to tell Redis (L{batch})."""
+        turn, self._turn = self._turn, None
+        if self._turn_call is not None:
+            if self._turn_call.active():
+                self._turn_call.cancel()
+            self._turn_call = None
+        cmd = self._cmd
+        if turn is None or cmd is None or not self._asserted:
+            return  # (a recovery asserts everything again)
+        commands, removed = turn.commands(self.incarnation, self._shares,
+                                          self._apply_many)
+        self.stats["applies"] += len(turn.changes)
+        for command in commands:
+            cmd.send(*command)
+        self.stats["apply_scripts"] += len(commands) - bool(turn.added)
+        if removed:
+            d = cmd.call("SREM", scripts.users_key(self.incarnation),
+                         *(uid for uid, _ in removed))
+            d.addCallback(self._removed, removed)
+            self._send(d)
+
+    def _drop_turn(self) -> None:
+        self._turn = None
+        if self._turn_call is not None and self._turn_call.active():
+            self._turn_call.cancel()
+        self._turn_call = None
+
+    def _removed(self, _: object, removed: list[tuple[int, float]]) -> None:
+        for uid, at in removed:
+            if self._gone.get(uid) == at:
+                del self._gone[uid]
 
     def follow(self, uids: Iterable[int]) -> None:
         for uid in uids:
@@ -299,7 +345,9 @@ class RedisBus(service.Service):
     # -- more than IBus --------------------------------------------------------
 
     def flush(self) -> defer.Deferred[Any]:
-        """Fires when Redis has answered every command sent so far."""
+        """Fires when Redis has answered every command sent so far (this
+        turn's publishes are sent first)."""
+        self._send_turn()
         if self._cmd is None:
             return defer.fail(txredisapi.ConnectionError("not connected"))
         d: defer.Deferred[Any] = self._cmd.call("PING")
@@ -320,6 +368,7 @@ class RedisBus(service.Service):
 
         With several nodes: C{sync} each publisher, then each subscriber.
         """
+        self._send_turn()
         cmd, sub = self._cmd, self._sub
         if cmd is None or sub is None:
             raise txredisapi.ConnectionError("Redis is unreachable")
@@ -333,6 +382,7 @@ class RedisBus(service.Service):
 
     async def read(self, uids: Sequence[int]) -> list[UserState | None]:
         """The stored states of these users (None: absent), from Redis."""
+        self._send_turn()
         cmd = self._cmd
         if cmd is None:
             raise txredisapi.ConnectionError("Redis is unreachable")
@@ -343,6 +393,7 @@ class RedisBus(service.Service):
         C{/v1/disconnect}): each node, this one included, calls its
         C{on_disconnect(uid)}.  Returns the user's live sessions as Redis
         counts them just before."""
+        self._send_turn()
         cmd = self._cmd
         if cmd is None:
             raise txredisapi.ConnectionError("Redis is unreachable")
@@ -389,6 +440,7 @@ class RedisBus(service.Service):
         self._lose(reason.getErrorMessage())
 
     def _lose(self, why: str) -> None:
+        self._drop_turn()
         self._up_since = None
         self._generation += 1
         self._recovering = True
@@ -512,17 +564,26 @@ class RedisBus(service.Service):
     def _failed(self, failure: Failure) -> None:
         if failure.check(txredisapi.ConnectionError, defer.CancelledError):
             return  # the recovery after the reconnect puts it right
-        if failure.check(txredisapi.ResponseError) and str(
-            failure.value
-        ).startswith("NOSCRIPT"):
+        error = str(failure.value) if failure.check(txredisapi.ResponseError) else ""
+        if error.startswith("NOSCRIPT"):
             # Scripts flushed under us: reconnect, which loads them again and
             # re-asserts everything (a command may have been lost).
-            if self._cmd is not None and self._asserted:
-                log.warn("Redis forgot our scripts: reconnecting")
-                self._asserted = False
-                self._cmd.transport.loseConnection()
+            self._reconnect("Redis forgot our scripts: reconnecting")
+            return
+        if error.startswith("CROSSSLOT") and self._apply_many:
+            # Redis Cluster refused an APPLY_MANY (its users' keys sit in
+            # several slots): those changes are lost, so re-assert everything
+            # as after an outage, one APPLY per change from now on.
+            self._apply_many = False
+            self._reconnect("Redis Cluster: one script per change; reconnecting")
             return
         log.failure("Redis command failed", failure)
+
+    def _reconnect(self, why: str) -> None:
+        if self._cmd is not None and self._asserted:
+            log.warn(why)
+            self._asserted = False
+            self._cmd.transport.loseConnection()
 
     def _evalsha(
         self,
@@ -546,37 +607,34 @@ class RedisBus(service.Service):
         at: float,
         incarnation: str | None = None,
     ) -> defer.Deferred[Any]:
-        return cmd.call(*self._apply_args(uid, mode, share, write, at, incarnation))
+        """Run one APPLY now (not at the end of the turn)."""
+        self.stats["applies"] += 1
+        self.stats["apply_scripts"] += 1
+        change = self._change(uid, mode, share, write, at)
+        return cmd.call(*apply_one(incarnation or self.incarnation, change))
 
-    def _apply_args(
+    def _change(
         self,
         uid: int,
         mode: str,
         share: Share | None,
         write: _Write | None,
         at: float,
-        incarnation: str | None = None,
-    ) -> tuple[str | int, ...]:
-        """The EVALSHA command of the APPLY script (see its arguments there)."""
-        self.stats["applies"] += 1
+    ) -> Change:
+        """A change as the APPLY scripts take it (see their arguments)."""
         status, has_text, text, written = write or ("", False, "", at)
+        encoded = "" if share is None else encode_share(
+            share, self._since.get(uid, at), self._writes.get(uid))
         return (
-                "EVALSHA",
-                scripts.APPLY.sha,
-                2,
-                scripts.shares_key(uid),
-                scripts.state_key(uid),
-                uid,
-                incarnation or self.incarnation,
-                mode,
-                encode_share(share, self._since.get(uid, at), self._writes.get(uid))
-                if share is not None else "",
-                status,
-                "1" if has_text else "0",
-                text,
-                format_at(at),
-                format_at(written),
-                scripts.TOMBSTONE_TTL,
+            uid,
+            mode,
+            encoded,
+            str(share_kept(encoded)) if mode == "status" else "",
+            status,
+            "1" if has_text else "0",
+            text,
+            format_at(at),
+            format_at(written),
         )
 
     def _heartbeat(self, cmd: CommandConnection, mode: str) -> defer.Deferred[Any]:
@@ -595,21 +653,20 @@ class RedisBus(service.Service):
     async def _read(
         self, cmd: CommandConnection, uids: Sequence[int]
     ) -> list[UserState | None]:
-        """Every user's stored state, in one round trip (pipelined HMGETs)."""
+        """Every user's stored state, in one round trip (pipelined HGETs)."""
         self.stats["reads"] += 1
-        ds = [
-            cmd.call("HMGET", scripts.state_key(uid), *scripts.STATE_FIELDS)
-            for uid in uids
-        ]
+        ds = [cmd.call("HGET", scripts.user_key(uid), scripts.STATE)
+              for uid in uids]
         replies = await defer.gatherResults(ds, consumeErrors=True)
         return [
-            decode_stored(uid, fields)
-            for uid, fields in zip(uids, replies, strict=True)
+            None if state is None else decode_state(uid, state)
+            for uid, state in zip(uids, replies, strict=True)
         ]
 
     # -- recovery --------------------------------------------------------------
 
     def _start_recovery(self) -> None:
+        self._drop_turn()
         self._generation += 1
         self._recovering = True
         self._asserted = False
@@ -667,15 +724,18 @@ class RedisBus(service.Service):
             chunk = [uid for uid, _ in held[i:i + CHUNK]]
             cmd.send("SADD", key, *chunk)
         now = self._reactor.seconds()
-        for uid, share in held:
-            write = self._writes.get(uid)
-            cmd.send(*self._apply_args(uid, "assert", share, write, now))
+        changes = [self._change(uid, "assert", share, self._writes.get(uid), now)
+                   for uid, share in held]
         stale = {int(m) for m in members or ()}
         stale.update(self._gone)
         stale.difference_update(self._shares)
-        for uid in stale:
-            cmd.send(*self._apply_args(uid, "undo", None, None,
-                                       self._gone.get(uid, now)))
+        changes.extend(
+            self._change(uid, "undo", None, None, self._gone.get(uid, now))
+            for uid in stale)
+        for command in applies(self.incarnation, changes, self._apply_many):
+            self.stats["apply_scripts"] += 1
+            cmd.send(*command)
+        self.stats["applies"] += len(changes)
         gone = sorted(stale)
         for i in range(0, len(gone), CHUNK):
             cmd.send("SREM", key, *gone[i:i + CHUNK])
@@ -815,7 +875,8 @@ class RedisBus(service.Service):
             return
         self._beat_sent = now
         d = self._heartbeat(cmd, "beat")
-        d.addCallback(self._beaten, cmd, self._generation)
+        d.addCallbacks(self._beaten, self._beat_failed,
+                       callbackArgs=(cmd, self._generation))
         self._send(d)
 
     def _silent(self, conn: Any, sent: float, now: float) -> bool:
@@ -827,6 +888,13 @@ class RedisBus(service.Service):
         if conn.received != conn.counted:
             conn.counted, conn.heard = conn.received, now
         return now - max(sent, conn.heard) > self.silence
+
+    def _beat_failed(self, failure: Failure) -> Failure:
+        # Answered with an error (OOM, READONLY...): beat again next tick, or
+        # this node would stop refreshing its liveness for good and be
+        # declared dead while connected.
+        self._beat_sent = None
+        return failure
 
     def _beaten(
         self, reply: list[Any], cmd: CommandConnection, generation: int
@@ -898,8 +966,7 @@ class RedisBus(service.Service):
         calls = []
         for i in range(0, len(members), REAP_BATCH):
             batch = [int(m) for m in members[i : i + REAP_BATCH]]
-            keys = [k for uid in batch
-                    for k in (scripts.shares_key(uid), scripts.state_key(uid))]
+            keys = [scripts.user_key(uid) for uid in batch]
             self.stats["reap_scripts"] += 1
             calls.append(self._evalsha(
                 cmd, scripts.REAP_MANY, keys,

@@ -41,12 +41,22 @@ def encode_share(
     )
 
 
+def share_kept(encoded: str) -> int:
+    """The length of an encoded share's first four fields (the share proper,
+    before the status write): what mode "status" of the scripts checks."""
+    end = -1
+    for _ in range(4):
+        end = encoded.index("|", end + 1)
+    return end + 1
+
+
 def absent(uid: int, version: int, last_seen: float = 0.0) -> UserState:
     return UserState(uid, False, "offline", "", _EMPTY, 0, last_seen, version)
 
 
 def decode_event(payload: bytes) -> UserState:
-    """A state published on a user's channel."""
+    """A state published on a user's channel (one split: every event a
+    node receives goes through here)."""
     uid, version, present, status, sessions, last_seen, listed, text = payload.split(
         b"|", 7
     )
@@ -62,24 +72,19 @@ def decode_event(payload: bytes) -> UserState:
     )
 
 
-def decode_stored(uid: int, fields: list[bytes | None]) -> UserState | None:
-    """The state read back with HMGET of L{presence.cluster.scripts.STATE_FIELDS}.
-
-    None when nothing is stored (never seen, or absent for long); an absent
-    state (with its version) for a tombstone.
-    """
-    present, status, text, listed, sessions, last_seen, version = fields
-    if version is None:
-        return None
-    if present != b"1":
-        return absent(uid, int(version), float(last_seen or 0))
+def decode_state(uid: int, state: bytes) -> UserState:
+    """A user's state as its hash stores it (the event without ``ID|``):
+    present, or a tombstone (absent, with its version)."""
+    version, present, status, sessions, last_seen, listed, text = state.split(
+        b"|", 6
+    )
     return UserState(
         uid,
-        True,
-        (status or b"online").decode(),
-        (text or b"").decode(),
-        decode_listed(listed or b""),
-        int(sessions or 0),
-        float(last_seen or 0),
+        present == b"1",
+        status.decode(),
+        text.decode(),
+        decode_listed(listed),
+        int(sessions),
+        float(last_seen),
         int(version),
     )

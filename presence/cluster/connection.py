@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import txredisapi
 from twisted.internet import defer, endpoints, protocol, ssl
@@ -25,7 +25,9 @@ log = Logger()
 
 @dataclass(frozen=True)
 class RedisAddress:
-    """Where Redis is: C{redis://[[user]:password@]host[:port][/db]} or rediss://."""
+    """Where Redis is: C{redis://[[user]:password@]host[:port][/db]},
+    rediss:// (TLS), or C{unix://[[user]:password@]/path/redis.sock[?db=N]}
+    (a Redis on this machine, by its Unix socket: C{path})."""
 
     host: str
     port: int = 6379
@@ -33,13 +35,16 @@ class RedisAddress:
     password: str | None = None
     username: str | None = None
     tls: bool = False
+    path: str | None = None
 
     @classmethod
     def parse(cls, url: str) -> RedisAddress:
         """Read a Redis URL (ValueError with the reason when it is not one)."""
         parts = urlsplit(url)
+        if parts.scheme == "unix":
+            return cls._parse_unix(url)
         if parts.scheme not in ("redis", "rediss"):
-            raise ValueError(f"not a redis:// or rediss:// URL: {url!r}")
+            raise ValueError(f"not a redis://, rediss:// or unix:// URL: {url!r}")
         if parts.query or parts.fragment:
             raise ValueError("a Redis URL takes no query or fragment")
         try:
@@ -58,16 +63,44 @@ class RedisAddress:
             tls=parts.scheme == "rediss",
         )
 
+    @classmethod
+    def _parse_unix(cls, url: str) -> RedisAddress:
+        parts = urlsplit(url)
+        if parts.hostname or parts.port or parts.fragment:
+            raise ValueError("a unix:// URL names a socket path, not a host")
+        if not parts.path.startswith("/"):
+            raise ValueError(f"the socket path must be absolute: {url!r}")
+        query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
+        if set(query) - {"db"} or len(query.get("db", [])) > 1:
+            raise ValueError("a unix:// URL takes only ?db=N")
+        db = query.get("db", ["0"])[0]
+        if not db.isdigit():
+            raise ValueError(f"the database in a Redis URL is a number: {db!r}")
+        return cls(
+            host="",
+            port=0,
+            db=int(db),
+            password=unquote(parts.password) if parts.password is not None else None,
+            username=unquote(parts.username) if parts.username else None,
+            path=unquote(parts.path),
+        )
+
     def __str__(self) -> str:
         """The URL, without the password (for logs)."""
         auth = ""
         if self.password is not None:
             auth = f"{self.username or ''}:***@"
+        if self.path is not None:
+            return f"unix://{auth}{self.path}" + (f"?db={self.db}" if self.db else "")
         host = f"[{self.host}]" if ":" in self.host else self.host
         scheme = "rediss" if self.tls else "redis"
         return f"{scheme}://{auth}{host}:{self.port}/{self.db}"
 
     def endpoint(self, reactor: Any, timeout: float) -> IStreamClientEndpoint:
+        if self.path is not None:
+            unix: IStreamClientEndpoint = endpoints.UNIXClientEndpoint(
+                reactor, self.path, timeout=timeout)
+            return unix
         ep: IStreamClientEndpoint = endpoints.HostnameEndpoint(
             reactor, self.host, self.port, timeout=timeout
         )

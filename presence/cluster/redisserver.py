@@ -52,11 +52,16 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process (started by L{start})."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, wrapper: tuple[str, ...] = ()
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RedisMissing(missing_message())
         self.binary = binary
+        # A command that runs redis-server (valgrind, for a count of its
+        # instructions: tools/redis_cost.py).
+        self.wrapper = wrapper
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="presence-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -65,10 +70,21 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def socket(self) -> str:
+        """Its Unix socket (it listens on both)."""
+        return os.path.join(self.dir, "redis.sock")
+
+    @property
+    def unix_url(self) -> str:
+        return f"unix://{self.socket}"
+
     def start(self, timeout: float = 10.0) -> RedisServer:
         self.proc = subprocess.Popen(
             [
-                self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                *self.wrapper, self.binary,
+                "--port", str(self.port), "--bind", "127.0.0.1",
+                "--unixsocket", self.socket, "--unixsocketperm", "700",
                 "--save", "", "--appendonly", "no", "--dir", self.dir,
                 "--daemonize", "no", "--loglevel", "warning",
             ],

@@ -1,20 +1,27 @@
 """The Lua scripts of cluster mode, and the keys they use.
 
-Per user (hash-tagged, so that one user's keys share a Redis Cluster slot and
-each script touches one slot only):
+Per user, one hash (hash-tagged, so that one user's keys share a Redis
+Cluster slot and each script touches one slot only), ``{u:ID}:h``:
 
-  - ``{u:ID}:s``  hash: node incarnation -> its share,
-    ``"SESSIONS|ENDED_AT|SINCE|LISTED|SA|STATUS|HAS_TEXT|TEXT"`` (LISTED: the
-    ids as decimal strings, sorted as strings, joined by ","; SINCE: when the
-    node's share began; SA, STATUS, HAS_TEXT, TEXT: the status its sessions
-    last wrote, used only to settle a gap found after an outage).
-  - ``{u:ID}:v``  hash: the user's global state while present: ``p`` "1",
-    ``s`` status, ``t`` text, ``l`` listed (same form), ``n`` live sessions,
-    ``ls`` last_seen, ``v`` version, ``sa`` when the status was last written
-    (a node's clock).  While absent, a tombstone ``p`` "0", ``v``, ``ls``
-    that expires after TOMBSTONE_TTL seconds.
+  - field ``v``: the user's global state, ``"VERSION|PRESENT|STATUS|SESSIONS|
+    LAST_SEEN|LISTED|TEXT"`` (LISTED: the ids as decimal strings, sorted as
+    strings, joined by ","), the event published for that version without
+    its leading ``ID|``.  While the user is absent the hash holds only this
+    field, a tombstone ``"VERSION|0|offline|0|LAST_SEEN||"``, and expires
+    after TOMBSTONE_TTL seconds.
+  - field ``a``: when the status was last written (a node's clock), while
+    present.
+  - one field per node incarnation holding a share of the user (an
+    incarnation always holds a "/"): ``"SESSIONS|ENDED_AT|SINCE|LISTED|SA|
+    STATUS|HAS_TEXT|TEXT"`` (SINCE: when the node's share began; SA,
+    STATUS, HAS_TEXT, TEXT: the status its sessions last wrote, used only to
+    settle a gap found after an outage).
   - channel ``{u:ID}``: one event per new version,
     ``"ID|VERSION|PRESENT|STATUS|SESSIONS|LAST_SEEN|LISTED|TEXT"``.
+
+One hash rather than a hash of shares and a hash of the state: a change is
+then one HGETALL, one HSET and one PUBLISH in Redis, and its state one
+string to read, write and publish (docs/cluster.rst, "What it costs").
 
 Per cluster (one slot):
 
@@ -42,19 +49,15 @@ from __future__ import annotations
 import hashlib
 
 TOMBSTONE_TTL = 3600
-STATE_FIELDS = ("p", "s", "t", "l", "n", "ls", "v")
+STATE = "v"  # the field of a user's hash holding its state
 NODES = "{cluster}:nodes"
 DEAD = "{cluster}:dead"
 NAMES = "{cluster}:names"
 CONTROL = "{cluster}:control"  # channel: "disconnect|ID" (the admin API)
 
 
-def shares_key(uid: int) -> str:
-    return f"{{u:{uid}}}:s"
-
-
-def state_key(uid: int) -> str:
-    return f"{{u:{uid}}}:v"
+def user_key(uid: int) -> str:
+    return f"{{u:{uid}}}:h"
 
 
 def channel(uid: int) -> str:
@@ -74,11 +77,20 @@ class Script:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
 
-# ARGV: uid, incarnation, mode (set | assert | del | undo | reap), share, status ("" =
-# unchanged), has_text ("1"/"0"), text, at, status_at, tombstone ttl.
-#   set:    this node's share is now ARGV[4]; a status write applies.
+# The function every script that changes a user runs (L{APPLY}, L{APPLY_MANY},
+# L{REAP_MANY}): HK, the user's hash; UID; ME, the incarnation; MODE (set |
+# status | assert | del | undo | reap); SHARE; KEPT, with mode status, the
+# length of SHARE's first four fields (SESSIONS|ENDED_AT|SINCE|LISTED|);
+# CST, a status written ("" = unchanged);
+# HAS_TEXT (a boolean) and CTEXT, a text written; AT, when (the node's
+# clock); CAT, when the status was written; TTL, the tombstone's.
+#   set:    this node's share is now SHARE; a status write applies.
+#   status: as set, from a node whose share is unchanged but for its status
+#           write (KEPT): when Redis holds that share, live, and the user is
+#           present, nothing but the status and text can change, so the
+#           other shares are not read (a status change is the commonest call).
 #   assert: the same after a reconnect; the remembered status write applies
-#           only if newer (status_at) than the one stored.
+#           only if newer (CAT) than the one stored.
 #   del:    this node holds no share any more (a no-op if it held none).
 #   undo:   as del, sent after an outage for a share dropped during it (at
 #           AT): if every remaining share began after AT and no status was
@@ -87,24 +99,60 @@ class Script:
 #           shares' sessions, or "online".
 #   reap:   as undo, for a dead incarnation last alive at AT: a ghost's user
 #           was last seen when its last session ended, if that is earlier.
+# Returns 1 when it published a new version, else 0.
 # Mirrors presence.core.bus.MemoryHub._apply and _settle.
-APPLY = Script("apply", r"""
-local sk, vk = KEYS[1], KEYS[2]
-local uid, me, mode = ARGV[1], ARGV[2], ARGV[3]
-local cst, has_text, ctext = ARGV[5], ARGV[6] == '1', ARGV[7]
-local at, cat = ARGV[8], ARGV[9]
+_APPLY_FUNCTION = r"""
+local function apply(hk, uid, me, mode, share, kept, cst, has_text, ctext, at, cat,
+    ttl)
 local has_change = cst ~= '' or has_text
-local old = redis.call('HMGET', vk, 'p', 's', 't', 'l', 'n', 'ls', 'v', 'sa')
-local oldp = old[1] == '1'
-local over = tonumber(old[7] or '0')
-local ostatus, otext, olisted, ols, osa = 'offline', '', '', at, '0'
-if oldp then
-  ostatus, otext, olisted, ols = old[2], old[3], old[4], old[6]
-  osa = old[8] or '0'
+if mode == 'status' then
+  local got = redis.call('HMGET', hk, 'v', 'a', me)
+  local stored, osa, held = got[1], got[2], got[3]
+  if stored and held and string.sub(held, 1, 2) ~= '0|' and
+      string.sub(held, 1, kept) == string.sub(share, 1, kept) then
+    local over, p, ostatus, n, ols, listed, otext = string.match(stored,
+      '^(%d+)|(%d)|([^|]*)|(%d*)|([^|]*)|([^|]*)|(.*)$')
+    if p == '1' then
+      local status, text, sa = ostatus, otext, cat
+      if cst ~= '' then status = cst end
+      if has_text then text = ctext end
+      if not has_change then sa = osa or '0' end
+      local last_seen = ols
+      if ostatus ~= 'invisible' and status == 'invisible' then last_seen = at end
+      local news = status ~= ostatus or text ~= otext
+      local v = over
+      if news then v = string.format('%d', tonumber(over) + 1) end
+      local body = v .. '|1|' .. status .. '|' .. n .. '|' .. last_seen .. '|' ..
+        listed .. '|' .. text
+      redis.call('HSET', hk, me, share, 'v', body, 'a', sa)
+      if not news then return 0 end
+      redis.call('PUBLISH', '{u:' .. uid .. '}', uid .. '|' .. body)
+      return 1
+    end
+  end
+  mode = 'set'  -- not as the node thought: the whole computation
 end
-local all = redis.call('HGETALL', sk)
-local shares = {}
-for i = 1, #all, 2 do shares[all[i]] = all[i + 1] end
+local all = redis.call('HGETALL', hk)
+local shares, stored, osa = {}, nil, '0'
+for i = 1, #all, 2 do
+  local f = all[i]
+  if f == 'v' then stored = all[i + 1]
+  elseif f == 'a' then osa = all[i + 1]
+  else shares[f] = all[i + 1] end
+end
+local oldp, over, ostatus, otext, olisted, ols = false, '0', 'offline', '', '', at
+if stored then
+  local v, p, st, ls, l, tx = string.match(stored,
+    '^(%d+)|(%d)|([^|]*)|%d*|([^|]*)|([^|]*)|(.*)$')
+  over = v
+  if p == '1' then
+    oldp = true
+    ostatus, otext, olisted, ols = st, tx, l, ls
+  end
+end
+if not oldp then osa = '0' end
+-- (Tables only where needed: each costs as much as a pattern match.)
+local dels, mine = nil, nil
 if mode == 'del' or mode == 'undo' or mode == 'reap' then
   local held = shares[me]
   if not held then return 0 end
@@ -114,7 +162,7 @@ if mode == 'del' or mode == 'undo' or mode == 'reap' then
       at = ended
     end
   end
-  redis.call('HDEL', sk, me)
+  dels = {me}
   shares[me] = nil
   has_change = false
 else
@@ -128,28 +176,29 @@ else
   end
   -- A ghost stands only for a user with no session anywhere: live sessions
   -- replace other nodes' ghosts, and no ghost is kept beside live sessions.
-  if string.sub(ARGV[4], 1, 2) ~= '0|' then
-    for node, share in pairs(shares) do
-      if node ~= me and string.sub(share, 1, 2) == '0|' then
-        redis.call('HDEL', sk, node)
+  if string.sub(share, 1, 2) ~= '0|' then
+    for node, held in pairs(shares) do
+      if node ~= me and string.sub(held, 1, 2) == '0|' then
+        dels = dels or {}
+        dels[#dels + 1] = node
         shares[node] = nil
       end
     end
-    redis.call('HSET', sk, me, ARGV[4])
-    shares[me] = ARGV[4]
+    mine = share
+    shares[me] = share
   else
     local live = false
-    for node, share in pairs(shares) do
-      if node ~= me and string.sub(share, 1, 2) ~= '0|' then live = true end
+    for node, held in pairs(shares) do
+      if node ~= me and string.sub(held, 1, 2) ~= '0|' then live = true end
     end
     if live then
       if shares[me] then
-        redis.call('HDEL', sk, me)
+        dels = {me}
         shares[me] = nil
       end
     else
-      redis.call('HSET', sk, me, ARGV[4])
-      shares[me] = ARGV[4]
+      mine = share
+      shares[me] = share
     end
   end
 end
@@ -162,8 +211,8 @@ if present and has_change and (mode ~= 'assert' or tonumber(cat) > tonumber(osa)
 end
 if (mode == 'undo' or mode == 'reap') and present then
   local first, best, bsa = nil, nil, -1
-  for _, share in pairs(shares) do
-    local since, wsa, wst, wtf, wtx = string.match(share,
+  for _, held in pairs(shares) do
+    local since, wsa, wst, wtf, wtx = string.match(held,
       '^%d+|[^|]*|([^|]*)|[^|]*|([^|]*)|([^|]*)|([^|]*)|(.*)$')
     since, wsa = tonumber(since), tonumber(wsa)
     if first == nil or since < first then first = since end
@@ -175,16 +224,20 @@ if (mode == 'undo' or mode == 'reap') and present then
     sa = string.format('%.6f', bsa)
   end
 end
-local sessions, lists = 0, {}
-for _, share in pairs(shares) do
-  local n, l = string.match(share, '^(%d+)|[^|]*|[^|]*|([^|]*)|')
-  sessions = sessions + tonumber(n)
-  if l ~= '' then lists[#lists + 1] = l end
+-- (Counted as strings where one share is all there is, the usual case:
+-- formatting a number costs more than the rest of a share's parsing.)
+local sessions, count, listed, lists = '0', 0, '', nil
+for _, held in pairs(shares) do
+  local n, l = string.match(held, '^(%d+)|[^|]*|[^|]*|([^|]*)|')
+  count = count + 1
+  if count == 1 then sessions = n
+  else sessions = string.format('%d', tonumber(sessions) + tonumber(n)) end
+  if l ~= '' then
+    if listed == '' then listed = l
+    else lists = lists or {listed}; lists[#lists + 1] = l end
+  end
 end
-local listed = ''
-if #lists == 1 then
-  listed = lists[1]
-elseif #lists > 1 then
+if lists then
   local seen, ids = {}, {}
   for _, l in ipairs(lists) do
     for id in string.gmatch(l, '[^,]+') do
@@ -199,31 +252,74 @@ local visible = present and status ~= 'invisible'
 local ovisible = oldp and ostatus ~= 'invisible'
 local last_seen = ols or at
 if ovisible and not visible then last_seen = at end
-if present == oldp and status == ostatus and text == otext and listed == olisted then
-  if present then redis.call('HSET', vk, 'n', sessions, 'sa', sa) end
+if dels then redis.call('HDEL', hk, unpack(dels)) end
+local news = not (present == oldp and status == ostatus and text == otext
+  and listed == olisted)
+local v = over
+if news then
+  local version = tonumber(over) + 1
+  if not oldp then
+    -- after an absence (the tombstone may be gone): at least Redis's clock
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    if now > version then version = now end
+  end
+  v = string.format('%d', version)
+end
+local body = v .. '|' .. (present and '1' or '0') .. '|' .. status .. '|' ..
+  sessions .. '|' .. last_seen .. '|' .. listed .. '|' .. text
+if not news then
+  -- Nothing a watcher sees changed: the session count and when the status
+  -- was written are stored, under the same version.
+  if present then
+    if mine then
+      redis.call('HSET', hk, me, mine, 'v', body, 'a', sa)
+    else
+      redis.call('HSET', hk, 'v', body, 'a', sa)
+    end
+  end
   return 0
 end
-local version = over + 1
-if not oldp then
-  -- after an absence (the tombstone may be gone): at least Redis's clock
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  if now > version then version = now end
-end
-local v = string.format('%.0f', version)
 if present then
-  redis.call('HSET', vk, 'p', '1', 's', status, 't', text, 'l', listed,
-    'n', sessions, 'ls', last_seen, 'v', v, 'sa', sa)
-  if not oldp then redis.call('PERSIST', vk) end
+  if mine then
+    redis.call('HSET', hk, me, mine, 'v', body, 'a', sa)
+  else
+    redis.call('HSET', hk, 'v', body, 'a', sa)
+  end
+  if not oldp then redis.call('PERSIST', hk) end
 else
-  redis.call('DEL', vk)
-  redis.call('HSET', vk, 'p', '0', 'v', v, 'ls', last_seen)
-  redis.call('EXPIRE', vk, ARGV[10])
+  redis.call('DEL', hk)
+  redis.call('HSET', hk, 'v', body)
+  redis.call('EXPIRE', hk, ttl)
 end
-redis.call('PUBLISH', '{u:' .. uid .. '}', uid .. '|' .. v .. '|' ..
-  (present and '1' or '0') .. '|' .. status .. '|' .. sessions .. '|' ..
-  last_seen .. '|' .. listed .. '|' .. text)
+redis.call('PUBLISH', '{u:' .. uid .. '}', uid .. '|' .. body)
 return 1
+end
+"""
+
+# KEYS: the user's hash.  ARGV: uid, incarnation, mode, share, kept ("" but
+# with mode status), status ("" = unchanged), has_text ("1"/"0"), text, at,
+# status_at, tombstone ttl.
+APPLY = Script("apply", _APPLY_FUNCTION + r"""
+return apply(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]),
+  ARGV[6], ARGV[7] == '1', ARGV[8], ARGV[9], ARGV[10], ARGV[11])
+""")
+
+# KEYS: each user's hash in turn.  ARGV: the incarnation, the tombstone ttl,
+# then for each user: uid, mode, share, kept, status, has_text, text, at,
+# status_at.  Many of one node's changes in one call, in order: what a node
+# publishes in one reactor turn costs Redis one command, not one per change.
+# Refused on Redis Cluster (keys of several slots, CROSSSLOT): the bus sends
+# APPLY there.  Returns how many changes published a new version.
+APPLY_MANY = Script("apply_many", _APPLY_FUNCTION + r"""
+local me, ttl, changed, j = ARGV[1], ARGV[2], 0, 3
+for i = 1, #KEYS do
+  changed = changed + apply(KEYS[i], ARGV[j], me, ARGV[j + 1], ARGV[j + 2],
+    tonumber(ARGV[j + 3]), ARGV[j + 4], ARGV[j + 5] == '1', ARGV[j + 6],
+    ARGV[j + 7], ARGV[j + 8], ttl)
+  j = j + 9
+end
+return changed
 """)
 
 # KEYS: nodes, dead, names.  ARGV: incarnation, ttl, mode, node id, judge.
@@ -296,24 +392,20 @@ end
 return 1
 """)
 
-# KEYS: each user's shares and state keys in turn.  ARGV: the dead
-# incarnation, when it was last alive, the tombstone ttl, then the users' ids.
-# APPLY's "reap" (with no status write) for many users in one call, so that
-# the cleanup after a dead node of tens of thousands of users costs Redis and
-# the survivor one command per batch, not per user: APPLY's own source is the
-# function called for each.  The keys are still each user's own (hash-tagged):
+# KEYS: each user's hash in turn.  ARGV: the dead incarnation, when it was
+# last alive, the tombstone ttl, then the users' ids.  APPLY's "reap" (with no
+# status write) for many users in one call, so that the cleanup after a dead
+# node of tens of thousands of users costs Redis and the survivor one command
+# per batch, not per user.  The keys are still each user's own (hash-tagged):
 # Redis Cluster refuses a call whose keys span slots (CROSSSLOT), and the bus
 # then falls back to one APPLY per user.  Returns how many users changed.
-REAP_MANY = Script(
-    "reap_many",
-    "local function apply(KEYS, ARGV)\n" + APPLY.source + "end\n" + r"""
+REAP_MANY = Script("reap_many", _APPLY_FUNCTION + r"""
 local changed = 0
 for i = 4, #ARGV do
-  local k = 2 * (i - 4)
-  changed = changed + apply({KEYS[k + 1], KEYS[k + 2]},
-    {ARGV[i], ARGV[1], 'reap', '', '', '0', '', ARGV[2], ARGV[2], ARGV[3]})
+  changed = changed + apply(KEYS[i - 3], ARGV[i], ARGV[1], 'reap', '', nil, '',
+    false, '', ARGV[2], ARGV[2], ARGV[3])
 end
 return changed
 """)
 
-SCRIPTS = (APPLY, HEARTBEAT, REAPED, REAP_MANY)
+SCRIPTS = (APPLY, APPLY_MANY, HEARTBEAT, REAPED, REAP_MANY)

@@ -3,9 +3,13 @@ friend graph across nodes and the count of each change's deliveries."""
 
 from __future__ import annotations
 
+import io
+
 from twisted.trial.unittest import SynchronousTestCase
 
+from presence.bench import redis_stats
 from presence.bench.cluster import check_tallies
+from presence.bench.cluster_report import print_cluster
 from presence.bench.graph import cross_fraction, friend_graph
 
 
@@ -59,3 +63,65 @@ class TallyTests(SynchronousTestCase):
         got = check_tallies([{(1, "a"): 1, (2, "b"): 4}], 2 + 3 + 1, self.graph)
         self.assertEqual(got, {"changes_seen": 2, "lost": 1 + 1, "duplicated": 1,
                                "changes_short": 1, "changes_over": 1})
+
+
+class _Info:
+    """INFO sections as redis-server's would answer them."""
+
+    def __init__(self, commands: dict[str, tuple[int, int]], **stats: float) -> None:
+        self.commands = commands
+        self.stats = stats
+
+    def info(self, section: str) -> dict[str, str]:
+        if section == "commandstats":
+            return {f"cmdstat_{name}": f"calls={c},usec={u},usec_per_call=0.00,"
+                    "rejected_calls=0,failed_calls=0"
+                    for name, (c, u) in self.commands.items()}
+        return {k: str(v) for k, v in self.stats.items()}
+
+
+class RedisBreakdownTests(SynchronousTestCase):
+    def test_per_change(self) -> None:
+        """The breakdown divides each command's new calls and microseconds by
+        the changes, busiest command first, leaves out commands not called in
+        between, and gives reads, writes, bytes and CPU (in microseconds) per
+        change."""
+        before = redis_stats.snapshot(_Info(
+            {"evalsha": (10, 100), "ping": (3, 3), "hset": (20, 40)},
+            total_reads_processed=5, total_writes_processed=9,
+            used_cpu_user=1.0, used_cpu_sys=0.5))
+        after = redis_stats.snapshot(_Info(
+            {"evalsha": (110, 2100), "ping": (3, 3), "hset": (220, 440),
+             "publish": (100, 150)},
+            total_reads_processed=105, total_writes_processed=209,
+            used_cpu_user=1.002, used_cpu_sys=0.501))
+        got = redis_stats.breakdown(before, after, 100)
+        self.assertEqual(list(got["commands"]), ["evalsha", "hset", "publish"])
+        self.assertEqual(got["commands"]["evalsha"],
+                         {"calls": 100, "calls_per_change": 1.0,
+                          "us_per_change": 20.0})
+        self.assertEqual(got["commands"]["hset"]["calls_per_change"], 2.0)
+        pc = got["per_change"]
+        self.assertEqual((pc["total_reads_processed"],
+                          pc["total_writes_processed"]), (1.0, 2.0))
+        self.assertAlmostEqual(pc["used_cpu_user"], 20.0)
+        self.assertAlmostEqual(pc["used_cpu_sys"], 10.0)
+
+    def test_printed(self) -> None:
+        """The cluster report prints each fan-out phase's breakdown: a row
+        per command with calls and microseconds per change, the changes per
+        wakeup of Redis (per socket read), then the socket counts."""
+        stats = {"changes": 100, "commands": {
+            "evalsha": {"calls": 100, "calls_per_change": 1.0,
+                        "us_per_change": 20.0}},
+            "per_change": {"total_reads_processed": 0.5,
+                           "total_writes_processed": 1.0}}
+        out = io.StringIO()
+        print_cluster({"fanout": [{"label": "fan-out 1000/s",
+                                   "redis_commands": stats}]}, out)
+        text = out.getvalue()
+        self.assertIn("Redis command breakdown, fan-out 1000/s (100 changes)",
+                      text)
+        self.assertRegex(text, r"evalsha\s+1\.000\s+20\.00")
+        self.assertIn("socket reads 0.50, writes 1.00", text)
+        self.assertIn("changes per Redis wakeup: 2.00", text)

@@ -14,11 +14,13 @@ import signal
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
+import txredisapi
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 from zope.interface import implementer
 
 from presence.cluster import scripts
+from presence.cluster.batch import APPLY_BATCH
 from presence.cluster.bus import CHUNK, REAP_BATCH, RedisBus
 from presence.cluster.connection import RedisAddress
 from presence.cluster.redisserver import (
@@ -60,6 +62,13 @@ def seen(state: UserState) -> tuple[Any, ...]:
         state.uid, state.present, state.status, state.text, state.listed,
         state.sessions, state.last_seen,
     )
+
+
+def shares(redis: RedisServer, uid: int) -> int:
+    """How many nodes hold a share of C{uid} (its hash's incarnation fields)."""
+    fields = redis.command("HKEYS", scripts.user_key(uid))
+    assert isinstance(fields, list)
+    return sum(1 for f in fields if isinstance(f, bytes) and b"/" in f)
 
 
 def kill(bus: RedisBus) -> None:
@@ -143,7 +152,9 @@ class RedisCase(unittest.TestCase):
 class SameAsMemoryHub(RedisCase):
     """Two Redis nodes compute what MemoryHub computes for the same calls."""
 
-    async def run_ops(self, seed: int, steps: int) -> None:
+    async def run_ops(self, seed: int, steps: int, per_turn: int = 1) -> None:
+        """C{steps} random calls; up to C{per_turn} publishes of one node in
+        a row are made in one reactor turn (its bus sends them together)."""
         rng = random.Random(seed)
         uids = list(range(1, 7))
         a, la = await self.node(f"a{seed}")
@@ -162,10 +173,14 @@ class SameAsMemoryHub(RedisCase):
             mem.follow(uids)
             followed[i] = set(uids)
         await self.sync(a, b)
+        last, burst = 0, 0  # the node of the publishes not sent yet, how many
         for _step in range(steps):
             at += 0.5
             i = rng.randrange(2)
             bus, mem = pairs[i]
+            if burst and (i != last or burst >= per_turn):
+                await pairs[last][0].flush()  # Redis runs them in this order
+                burst = 0
             uid = rng.choice(uids)
             roll = rng.random()
             if roll < 0.08:
@@ -208,7 +223,7 @@ class SameAsMemoryHub(RedisCase):
                 held[i][uid] = share
             bus.publish(uid, share, change, at)
             mem.publish(uid, share, change, at)
-            await bus.flush()  # Redis runs the calls in the order made here
+            last, burst = i, burst + 1
         await self.sync(a, b)
         for name, got, want in (("a", la, ra), ("b", lb, rb)):
             self.assertEqual(
@@ -223,6 +238,9 @@ class SameAsMemoryHub(RedisCase):
                 versions[state.uid] = state.version
             self.assertEqual(got.resyncs, [[]])
         self.assertGreater(len(la.states), steps // 10)
+        if per_turn > 1:
+            for bus in (a, b):
+                self.assertLess(bus.stats["apply_scripts"], bus.stats["applies"])
         await a.stopService()
         await b.stopService()
 
@@ -233,6 +251,15 @@ class SameAsMemoryHub(RedisCase):
         sequence of states as MemoryHub's, with growing versions."""
         for seed in range(5):
             await self.run_ops(seed, 250)
+            self.redis.command("FLUSHALL")
+
+    @async_test
+    async def test_random_calls_batched(self) -> None:
+        """The same with up to 8 publishes of a node per reactor turn, sent
+        as one APPLY_MANY: the listeners are told what MemoryHub tells for
+        the same calls one by one."""
+        for seed in range(5, 10):
+            await self.run_ops(seed, 250, per_turn=8)
             self.redis.command("FLUSHALL")
 
     @async_test
@@ -285,27 +312,105 @@ class Subscriptions(RedisCase):
     async def test_batched(self) -> None:
         """Following 12,000 users takes ceil(12000 / CHUNK) SUBSCRIBE
         commands and one pipelined read; unfollowing them as few
-        UNSUBSCRIBEs; one node publishing them all runs one script each."""
+        UNSUBSCRIBEs; 150 logins published in one turn are one SADD and
+        ceil(150 / APPLY_BATCH) scripts."""
         a, _ = await self.node("a")
         b, lb = await self.node("b")
         n = 12_000
-        for uid in range(1, 101):
+        self.redis.command("CONFIG", "RESETSTAT")
+        for uid in range(1, 151):
             a.publish(uid, Share(1), None, 1.0)
         await a.flush()
+        stats = self.redis.info("commandstats")
+        self.assertIn("calls=1,", stats["cmdstat_sadd"])
+        self.assertIn(f"calls={-(-150 // APPLY_BATCH)},", stats["cmdstat_evalsha"])
+        self.assertEqual(a.stats["apply_scripts"], -(-150 // APPLY_BATCH))
+        self.assertIn("calls=150,", stats["cmdstat_publish"])
         self.redis.command("CONFIG", "RESETSTAT")
         b.follow(range(1, n + 1))
         await self.sync(a, b)
         stats = self.redis.info("commandstats")
         chunks = -(-n // CHUNK)
         self.assertIn(f"calls={chunks},", stats["cmdstat_subscribe"])
-        self.assertIn(f"calls={n},", stats["cmdstat_hmget"])
-        self.assertEqual(len(lb.states), 100)
+        self.assertIn(f"calls={n},", stats["cmdstat_hget"])
+        self.assertEqual(len(lb.states), 150)
         self.assertEqual(b.stats["reads"], chunks + 1)
         b.unfollow(range(1, n + 1))
         await self.sync(a, b)
         stats = self.redis.info("commandstats")
         self.assertIn(f"calls={chunks},", stats["cmdstat_unsubscribe"])
         self.assertEqual(self.redis.command("PUBSUB", "NUMSUB", "{u:1}"), [b"{u:1}", 0])
+
+
+class Batching(RedisCase):
+    @async_test
+    async def test_crossslot_falls_back_to_one_per_change(self) -> None:
+        """Where Redis refuses APPLY_MANY (CROSSSLOT, Redis Cluster), the
+        node reconnects, asserts its users again one APPLY each, and sends
+        one APPLY per change from then on: nothing is lost."""
+        refusing = scripts.Script(
+            "apply_many",
+            "return redis.error_reply('CROSSSLOT Keys in request do not hash "
+            "to the same slot')",
+        )
+        self.patch(scripts, "APPLY_MANY", refusing)
+        self.patch(scripts, "SCRIPTS", tuple(
+            refusing if s.name == "apply_many" else s for s in scripts.SCRIPTS))
+        a, _ = await self.node("a")
+        b, lb = await self.node("b")
+        b.follow([1, 2, 3])
+        await self.sync(a, b)
+        a.publish(1, Share(1), None, 1.0)
+        a.publish(2, Share(1), StatusChange("away", None), 1.0)
+        await lb.until(lambda: set(lb.view) == {1, 2}, 10)
+        self.assertFalse(a._apply_many)
+        self.assertEqual(lb.view[2].status, "away")
+        scripts_before = a.stats["apply_scripts"]
+        a.publish(3, Share(1), None, 2.0)
+        a.publish(1, Share(1), StatusChange("busy", None), 2.0)
+        await self.sync(a, b)
+        self.assertEqual(a.stats["apply_scripts"] - scripts_before, 2)
+        self.assertEqual((set(lb.view), lb.view[1].status), ({1, 2, 3}, "busy"))
+
+    @async_test
+    async def test_batch_delay_waits_for_more(self) -> None:
+        """With a batch delay, changes of several turns wait and go out
+        together as one script (here: when the node is flushed, long before
+        the delay is over); nothing reaches Redis before."""
+        a, _ = await self.node("a")
+        a.batch_delay = 60.0
+        b, lb = await self.node("b")
+        b.follow([1, 2, 3])
+        await self.sync(a, b)
+        scripts_before = a.stats["apply_scripts"]
+        for uid in (1, 2, 3):
+            a.publish(uid, Share(1), None, 1.0)
+            await task.deferLater(reactor, 0.01, lambda: None)  # another turn
+        self.assertIsNone(self.redis.command("HGET", scripts.user_key(1),
+                                             scripts.STATE))
+        await self.sync(a, b)
+        self.assertEqual(a.stats["apply_scripts"] - scripts_before, 1)
+        self.assertEqual(set(lb.view), {1, 2, 3})
+
+    @async_test
+    async def test_unix_socket(self) -> None:
+        """A node reaching Redis by its Unix socket is one of the cluster
+        like any other: it is told what a TCP node publishes, and back."""
+        a, la = await self.node("a")
+        bus = RedisBus(RedisAddress.parse(self.redis.unix_url), "b")
+        self.assertEqual(str(bus.address), self.redis.unix_url)
+        lb = Listener()
+        bus.attach(lb)
+        bus.startService()
+        self.addCleanup(lambda: bus.stopService() if bus.running else None)
+        await bus.when_up()
+        bus.follow([1])
+        a.follow([2])
+        await self.sync(a, bus)
+        a.publish(1, Share(1), None, 1.0)
+        bus.publish(2, Share(1), None, 1.0)
+        await self.sync(a, bus)
+        self.assertEqual((set(la.view), set(lb.view)), ({2}, {1}))
 
 
 class Control(RedisCase):
@@ -466,8 +571,7 @@ class NodeFailure(RedisCase):
         c.publish(9, None, None, reactor.seconds())
         await self.sync(c, b)
         self.assertEqual(lb.view[9].status, "busy")
-        await until(lambda: self.redis.command("HLEN", scripts.shares_key(9)) == 1,
-                    ttl + 2)
+        await until(lambda: shares(self.redis, 9) == 1, ttl + 2)
         await self.sync(b)
         self.assertEqual([(s.present, s.status) for s in lb.states],
                          [(True, "away"), (True, "busy")])
@@ -604,10 +708,10 @@ class RedisOutage(RedisCase):
         self.assertEqual(set(lb.view), {1})
         # Told by an event or by the resync, depending on which node
         # recovered first; stored with the time of the removal.
-        self.assertEqual(
-            self.redis.command("HMGET", scripts.state_key(2), "p", "ls"),
-            [b"0", b"7.000000"],
-        )
+        stored = self.redis.command("HGET", scripts.user_key(2), scripts.STATE)
+        assert isinstance(stored, bytes)
+        self.assertEqual(stored.split(b"|")[1:], [b"0", b"offline", b"0",
+                                                  b"7.000000", b"", b""])
 
     @async_test
     async def test_outage_longer_than_ttl_no_flap(self) -> None:
@@ -681,7 +785,9 @@ class RedisOutage(RedisCase):
         self.redis.command("SCRIPT", "FLUSH")
         a.publish(1, Share(1), None, 1.0)
         await lb.until(lambda: 1 in lb.view, 10)
-        self.assertEqual(self.redis.command("HGET", scripts.state_key(1), "p"), b"1")
+        stored = self.redis.command("HGET", scripts.user_key(1), scripts.STATE)
+        assert isinstance(stored, bytes)
+        self.assertEqual(stored.split(b"|")[1], b"1")
 
 
 class _Transport:
@@ -706,6 +812,39 @@ class _Subscriber:
     def ping(self) -> defer.Deferred[None]:
         self.pings += 1
         return defer.Deferred()
+
+
+class _RefusingCommands:
+    """A command connection whose every call Redis answers with an error."""
+
+    received = 0
+    counted = 0
+    heard = 0.0
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def call(self, *args: Any) -> defer.Deferred[Any]:
+        self.calls.append(args)
+        return defer.fail(txredisapi.ResponseError("OOM command not allowed"))
+
+
+class HeartbeatRefused(unittest.SynchronousTestCase):
+    def test_beats_again(self) -> None:
+        """A heartbeat answered with an error (OOM, READONLY) is logged and
+        the next tick beats again: the node does not stop refreshing its
+        liveness while connected."""
+        clock = task.Clock()
+        bus = RedisBus(RedisAddress.parse("redis://127.0.0.1:1/0"), "n", 10.0,
+                       reactor=clock)
+        cmd = _RefusingCommands()
+        bus._cmd = cmd  # type: ignore[assignment]
+        bus._registered, bus._recovering = True, False
+        for _ in range(3):
+            bus._tick()
+            clock.advance(bus.interval)
+        self.assertEqual(len(cmd.calls), 3)
+        self.assertEqual(len(self.flushLoggedErrors(txredisapi.ResponseError)), 3)
 
 
 class Silence(unittest.SynchronousTestCase):

@@ -9,9 +9,10 @@ from presence.cluster import options as cluster
 from presence.cluster.bus import RedisBus
 from presence.cluster.codec import (
     decode_event,
-    decode_stored,
+    decode_state,
     encode_listed,
     encode_share,
+    share_kept,
 )
 from presence.cluster.connection import RedisAddress
 from presence.core.interfaces import Share, UserState
@@ -59,6 +60,22 @@ class RedisURLs(unittest.TestCase):
         text = str(RedisAddress.parse("redis://:hunter2@h:1/2"))
         self.assertEqual(text, "redis://:***@h:1/2")
 
+    def test_unix(self) -> None:
+        """unix:// names a socket path, with credentials and ?db=N; printed
+        without the password."""
+        a = RedisAddress.parse("unix://u:p%40w@/run/redis/redis.sock?db=3")
+        self.assertEqual((a.path, a.db, a.username, a.password),
+                         ("/run/redis/redis.sock", 3, "u", "p@w"))
+        self.assertEqual(str(a), "unix://u:***@/run/redis/redis.sock?db=3")
+        plain = RedisAddress.parse("unix:///tmp/r.sock")
+        self.assertEqual((plain.path, plain.db, plain.password), ("/tmp/r.sock", 0,
+                                                                 None))
+        self.assertEqual(str(plain), "unix:///tmp/r.sock")
+        for url in ("unix://host/tmp/r.sock", "unix:tmp/r.sock",
+                    "unix:///tmp/r.sock?db=x", "unix:///tmp/r.sock?timeout=1"):
+            with self.assertRaises(ValueError, msg=url):
+                RedisAddress.parse(url)
+
     def test_bad(self) -> None:
         """Other schemes, a bad port, a non-numeric database, a query: refused."""
         for url in (
@@ -87,7 +104,11 @@ class ClusterOptionParsing(unittest.TestCase):
         self.assertEqual(bus.interval, 0.45)
         default = cluster.build_bus(parse("--redis", "redis://h"))
         assert default is not None
-        self.assertEqual(default.interval, 0.5)
+        self.assertEqual((default.interval, default.batch_delay), (0.5, 0.0))
+        batched = cluster.build_bus(parse("--redis", "redis://h",
+                                          "--redis-batch-ms", "2.5"))
+        assert batched is not None
+        self.assertEqual(batched.batch_delay, 0.0025)
 
     def test_default_node_id(self) -> None:
         """Without --node-id the node is hostname:pid; ttl 10 s."""
@@ -97,13 +118,16 @@ class ClusterOptionParsing(unittest.TestCase):
         self.assertEqual(bus.ttl, 10.0)
 
     def test_errors(self) -> None:
-        """Bad URL, short TTL, node id without --redis or with spaces."""
+        """Bad URL, short TTL, node id without --redis or with spaces, a
+        negative batch delay or one without --redis."""
         for argv in (
             ["--redis", "http://h"],
             ["--redis", "redis://h", "--node-ttl", "0.5"],
             ["--redis", "redis://h", "--node-ttl", "nan"],
             ["--node-id", "n1"],
             ["--redis", "redis://h", "--node-id", "has space"],
+            ["--redis", "redis://h", "--redis-batch-ms", "-1"],
+            ["--redis-batch-ms", "2"],
         ):
             with self.assertRaises(usage.UsageError, msg=argv):
                 parse(*argv)
@@ -126,6 +150,17 @@ class Codec(unittest.TestCase):
             "0|5.500000|1.000000||2.000000|away|1|a|b",
         )
 
+    def test_share_kept(self) -> None:
+        """The length of a share's first four fields: what stays when only
+        its status write changes."""
+        encoded = encode_share(Share(2, frozenset({3}), 0.0), 1.0,
+                               ("away", True, "a|b", 2.0))
+        kept = share_kept(encoded)
+        self.assertEqual(encoded[:kept], "2|0.000000|1.000000|3|")
+        again = encode_share(Share(2, frozenset({3}), 0.0), 1.0,
+                             ("busy", False, "", 3.0))
+        self.assertEqual(again[:share_kept(again)], encoded[:kept])
+
     def test_event(self) -> None:
         """An event: text last (it may hold the separator)."""
         state = decode_event(b"42|17|1|away|2|12.5|3,12|lunch|later")
@@ -135,12 +170,12 @@ class Codec(unittest.TestCase):
         )
 
     def test_stored(self) -> None:
-        """HMGET of a present state, a tombstone, nothing."""
+        """A user's stored state (the event without its id): present, and a
+        tombstone, which is the absent state with its version."""
         self.assertEqual(
-            decode_stored(7, [b"1", b"busy", b"", b"", b"1", b"3.0", b"9"]),
+            decode_state(7, b"9|1|busy|1|3.0||"),
             UserState(7, True, "busy", "", frozenset(), 1, 3.0, 9),
         )
-        tomb = decode_stored(7, [b"0", None, None, None, None, b"4.0", b"10"])
+        tomb = decode_state(7, b"10|0|offline|0|4.0||")
         self.assertEqual(tomb, UserState(7, False, "offline", "", frozenset(), 0,
                                          4.0, 10))
-        self.assertIsNone(decode_stored(7, [None] * 7))
