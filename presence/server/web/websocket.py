@@ -19,7 +19,10 @@ and the session calls on the peer:
 
   - C{write(data)}: one or more JSON lines; each becomes one text message
     without its C{\\n}.  Frames are built here, from the bytes as they are
-    (no decoding and re-encoding), and written to the TCP transport.
+    (no decoding and re-encoding; one frame for all the watchers of an
+    event), and sent on the TCP socket at once while nothing is queued, as
+    the line front end does (L{presence.server.writer}), else queued on the
+    TCP transport.
   - C{close()} (a close frame, then close after flushing), C{abort()},
     C{pause_reading()}, C{resume_reading()}.
 
@@ -28,8 +31,10 @@ peer bounds what it buffers itself: when more than C{max_message} bytes
 (plus L{SLACK} for frame headers and control frames) arrive without
 completing a message, or a message longer than C{max_message} arrives, the
 session answers with error 9 (L{Session.framing_error}).  Nothing
-here buffers without bound: writes go straight to the TCP transport, whose
-fill level the session watches through the producer calls.
+here buffers without bound: what the socket does not take at once goes to
+the TCP transport, whose fill level the session watches through the
+producer calls (so a client that stops reading is paused once the kernel's
+buffers and then the transport's 64 KiB are full).
 
 Fair share: Twisted delivers every message of one read (at most 64 KiB) at
 once, also after C{pause_reading()}, which only stops the next reads; the
@@ -58,6 +63,7 @@ from zope.interface import implementer
 from presence.server.context import host_of
 from presence.server.logs import format_peer
 from presence.server.session import IPeer, Session
+from presence.server.writer import supported, write_now
 from presence.wire import keepalive
 from presence.wire.errors import ErrorCode, ProtocolError
 
@@ -79,10 +85,23 @@ def text_frame(payload: bytes) -> bytes:
     return b"\x81\x7f" + struct.pack("!Q", n) + payload
 
 
+# The last lone line framed, and its frame.  A status change reaches each of
+# its watchers as the same bytes object (the registry encodes an event once),
+# and the outbox writes those watchers one after another: a server's frames
+# are not masked, so all of them can share one frame.
+_last: tuple[bytes, bytes] = (b"", b"")
+
+
 def frames(data: bytes) -> bytes:
     """C{data}'s JSON lines as text frames, one per line, without the C{\\n}."""
+    global _last
+    last = _last
+    if data is last[0]:
+        return last[1]
     if data.endswith(b"\n") and data.count(b"\n") == 1:
-        return text_frame(data[:-1])
+        frame = text_frame(data[:-1])
+        _last = (data, frame)
+        return frame
     return b"".join(text_frame(line) for line in data.split(b"\n") if line)
 
 
@@ -93,9 +112,9 @@ class WebSocketPeer:
 
     kind = "websocket"
     __slots__ = (
-        "_batch", "_delivered", "_paused", "_unfinished", "address", "closing", "host",
-        "keepalive", "limit", "make_session", "max_message", "origin", "request",
-        "session", "tcp", "ws",
+        "_batch", "_delivered", "_direct", "_paused", "_unfinished", "address",
+        "closing", "host", "keepalive", "limit", "make_session", "max_message",
+        "origin", "request", "session", "tcp", "ws",
     )
 
     def __init__(
@@ -119,6 +138,7 @@ class WebSocketPeer:
         self._delivered = False
         self._batch: list[bytes] | None = None  # the messages of this read
         self._paused = False
+        self._direct = False  # writes may bypass the transport's queue
 
     # -- twisted.web.websocket's WebSocketProtocol -----------------------------
 
@@ -139,6 +159,7 @@ class WebSocketPeer:
             channel.requests.clear()
         if ITCPTransport.providedBy(self.tcp):
             self.tcp.setTcpNoDelay(True)
+        self._direct = supported(self.tcp)
         # Count what arrives before Twisted's wire protocol buffers it.
         inner = channel.dataReceived
         channel.dataReceived = self._guard(inner)  # type: ignore[method-assign]
@@ -223,7 +244,13 @@ class WebSocketPeer:
     def write(self, data: bytes) -> None:
         if self.closing or self.tcp is None:
             return
-        self.tcp.write(frames(data))
+        if self._direct:
+            # As the line front end does (presence.server.writer): sent at
+            # once when nothing is queued, instead of an epoll registration,
+            # a later doWrite and an unregistration per write.
+            write_now(self.tcp, frames(data))
+        else:
+            self.tcp.write(frames(data))
 
     def close(self) -> None:
         """A close frame after what is written, then close after flushing."""
