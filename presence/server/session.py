@@ -145,6 +145,16 @@ class Session:
         """
         if self.closing:
             return
+        if self._inbox is None and type(lines) is list and len(lines) == 1:
+            # One message and none waiting (an idle client's read, nearly
+            # always): handled at once, as _turn would, without the queue.
+            line = lines[0]
+            server = self.server
+            if line and server.unfinished + len(line) > server.config.max_unfinished:
+                self.fatal(unfinished_too_much())
+            else:
+                self.line(line)
+            return
         lines = list(lines)
         size = sum(map(len, lines))
         self._queued += size
