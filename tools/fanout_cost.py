@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strace", action="store_true")
     p.add_argument("--cprofile", type=Path, default=None,
                    help="write a cProfile of the phase here (pstats format)")
+    p.add_argument("--pyspy", type=Path, default=None,
+                   help="py-spy record the phase into this file (folded stacks)")
     p.add_argument("--keep", type=Path, default=None,
                    help="copy the callgrind dump here (for callgrind_annotate)")
     p.add_argument("--server-arg", action="append", default=[])
@@ -264,6 +266,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.cprofile:
             os.kill(server.pid, signal.SIGUSR2)
             driver.barrier()
+        spy = None
+        if args.pyspy:
+            spy = subprocess.Popen(
+                [str(Path(sys.executable).with_name("py-spy")), "record", "-p",
+                 str(server.pid), "-r", "500", "-f", "raw", "-o", str(args.pyspy)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(2.0)  # py-spy attaches asynchronously
         before = cpu_seconds(server.pid)
         start = driver.delivered()
         wall = time.monotonic()
@@ -279,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.cprofile:
             os.kill(server.pid, signal.SIGUSR2)
             driver.barrier()
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
         if tracer is not None:
             tracer.terminate()
             tracer.wait(10)
