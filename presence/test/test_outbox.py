@@ -16,7 +16,7 @@ from presence.server.context import Server
 from presence.server.lines import LineFactory, LineProtocol
 from presence.server.service import PresenceService
 from presence.server.session import FLUSH_EARLY, Session
-from presence.server.web import websocket
+from presence.server.web import wsframes
 from presence.test.support import Harness, one_turn
 from presence.test.test_loopback import LineClient
 from presence.wire.errors import ErrorCode
@@ -220,13 +220,13 @@ class WriteTurnOverWebSocketTests(WriteTurnTests):
         talker = h.login(1)
         watchers = [h.login(uid, [1]) for uid in (2, 3, 4)]
         framed: list[bytes] = []
-        text_frame = websocket.text_frame
+        text_frame = wsframes.text_frame
 
         def counting(payload: bytes) -> bytes:
             framed.append(payload)
             return text_frame(payload)
 
-        self.patch(websocket, "text_frame", counting)
+        self.patch(wsframes, "text_frame", counting)
         writes = [self.count_writes(w) for w in watchers]
         talker.send(status("shared"))
         one_turn(h.clock)

@@ -14,7 +14,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Site
 from twisted.web.websocket import WebSocketClientEndpoint, WebSocketTransport
 
-from presence.server.web import websocket
+from presence.server.web import websocket, wsframes
 from presence.server.web.resources import web_root
 from presence.wire.errors import ProtocolError
 
@@ -201,7 +201,7 @@ class AdapterTests(unittest.TestCase):
 
         self.patch(tcp, "socket", Counting())
         session.peer.write(b'{"type":"pong"}\n')
-        self.assertEqual(sends, [websocket.text_frame(b'{"type":"pong"}')])
+        self.assertEqual(sends, [wsframes.text_frame(b'{"type":"pong"}')])
         self.assertEqual((tcp.dataBuffer, tcp._tempDataLen), (b"", 0))
         self.assertNotIn(tcp, reactor.getWriters())
         yield client.wait(1)

@@ -49,7 +49,6 @@ send it); it is let in, since a non-browser client could send any Origin.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -63,6 +62,12 @@ from zope.interface import implementer
 from presence.server.context import host_of
 from presence.server.logs import format_peer
 from presence.server.session import IPeer, Session
+from presence.server.web.wsframes import (
+    client_messages,
+    frames,
+    readable,
+    wsproto_idle,
+)
 from presence.server.writer import supported, write_now
 from presence.wire import keepalive
 from presence.wire.errors import ErrorCode, ProtocolError
@@ -75,36 +80,6 @@ log = Logger()
 SessionFactory = Callable[["WebSocketPeer"], Session]
 
 
-def text_frame(payload: bytes) -> bytes:
-    """A server's (unmasked) text frame holding C{payload}."""
-    n = len(payload)
-    if n < 126:
-        return b"\x81" + bytes((n,)) + payload
-    if n < 1 << 16:
-        return b"\x81\x7e" + struct.pack("!H", n) + payload
-    return b"\x81\x7f" + struct.pack("!Q", n) + payload
-
-
-# The last lone line framed, and its frame.  A status change reaches each of
-# its watchers as the same bytes object (the registry encodes an event once),
-# and the outbox writes those watchers one after another: a server's frames
-# are not masked, so all of them can share one frame.
-_last: tuple[bytes, bytes] = (b"", b"")
-
-
-def frames(data: bytes) -> bytes:
-    """C{data}'s JSON lines as text frames, one per line, without the C{\\n}."""
-    global _last
-    last = _last
-    if data is last[0]:
-        return last[1]
-    if data.endswith(b"\n") and data.count(b"\n") == 1:
-        frame = text_frame(data[:-1])
-        _last = (data, frame)
-        return frame
-    return b"".join(text_frame(line) for line in data.split(b"\n") if line)
-
-
 @implementer(IPeer, IPushProducer)
 class WebSocketPeer:
     """One WebSocket connection: twisted.web.websocket's protocol side, the
@@ -112,9 +87,24 @@ class WebSocketPeer:
 
     kind = "websocket"
     __slots__ = (
-        "_batch", "_delivered", "_direct", "_paused", "_unfinished", "address",
-        "closing", "host", "keepalive", "limit", "make_session", "max_message",
-        "origin", "request", "session", "tcp", "ws",
+        "_batch",
+        "_delivered",
+        "_direct",
+        "_paused",
+        "_reads",
+        "_unfinished",
+        "address",
+        "closing",
+        "host",
+        "keepalive",
+        "limit",
+        "make_session",
+        "max_message",
+        "origin",
+        "request",
+        "session",
+        "tcp",
+        "ws",
     )
 
     def __init__(
@@ -139,6 +129,7 @@ class WebSocketPeer:
         self._batch: list[bytes] | None = None  # the messages of this read
         self._paused = False
         self._direct = False  # writes may bypass the transport's queue
+        self._reads = False  # whole text frames may bypass wsproto (wsframes)
 
     # -- twisted.web.websocket's WebSocketProtocol -----------------------------
 
@@ -160,6 +151,7 @@ class WebSocketPeer:
         if ITCPTransport.providedBy(self.tcp):
             self.tcp.setTcpNoDelay(True)
         self._direct = supported(self.tcp)
+        self._reads = readable(self.ws)
         # Count what arrives before Twisted's wire protocol buffers it.
         inner = channel.dataReceived
         channel.dataReceived = self._guard(inner)  # type: ignore[method-assign]
@@ -179,6 +171,19 @@ class WebSocketPeer:
             if self._unfinished > self.limit:
                 self._too_long()
                 return
+            if self._reads and wsproto_idle(self.ws):
+                messages = client_messages(data)
+                if messages is not None:
+                    # Whole text messages, read here (wsframes): as the
+                    # textMessageReceived calls wsproto would make.
+                    self._unfinished = 0
+                    self._batch = []
+                    for message in messages:
+                        self._text(message)
+                    batch, self._batch = self._batch, None
+                    if batch and self.session is not None:
+                        self.session.received(batch)
+                    return
             self._delivered = False
             self._batch = []
             inner(data)
@@ -205,9 +210,11 @@ class WebSocketPeer:
 
     def textMessageReceived(self, message: str) -> None:
         self._delivered = True
+        self._text(message.encode("utf-8"))
+
+    def _text(self, data: bytes) -> None:
         if self.closing or self.session is None:
             return
-        data = message.encode("utf-8")
         if data.endswith(b"\n"):
             data = data[:-1]
         self._message(data)
