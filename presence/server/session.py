@@ -204,7 +204,7 @@ class Session:
         """Handle one message (a line without its terminator; maybe blank)."""
         if self.closing:
             return
-        self.server.work += 1 + (len(line) >> 10)
+        self.server.line_work += 1 + (len(line) >> 10)
         if self.user_id is not None:
             # Activity keeps a session alive; before the login nothing but
             # the login itself stops the login timeout.
@@ -444,8 +444,7 @@ class Session:
                 self.slow_consumer()
                 return
         server = self.server
-        server.work += 1
-        server.metrics.deliveries += 1
+        server.metrics.deliveries += 1  # also fair share's work (Server.work)
         out = self._out
         if out is None:
             # The common case, a lone line: no size kept (FLUSH_EARLY is
