@@ -8,7 +8,9 @@ peer feeds it what the client sends:
   - C{session.received([message])}: one text message, UTF-8, without a
     trailing C{\\n} (one JSON line, as over TCP).  A binary message is passed
     on as L{BINARY}, a line that is not UTF-8, so that the session answers it
-    with error 3 like any undecodable line.
+    with error 3 like any undecodable line.  A read of whole masked text
+    frames is read here rather than by wsproto, while wsproto holds nothing
+    of the connection (L{presence.server.web.wsframes}).
   - C{session.lost()}: the connection is gone.
   - C{session.transport_paused()} / C{session.transport_resumed()}: the
     client stopped / started reading again (the TCP transport's send buffer
@@ -18,11 +20,11 @@ peer feeds it what the client sends:
 and the session calls on the peer:
 
   - C{write(data)}: one or more JSON lines; each becomes one text message
-    without its C{\\n}.  Frames are built here, from the bytes as they are
-    (no decoding and re-encoding; one frame for all the watchers of an
-    event), and sent on the TCP socket at once while nothing is queued, as
-    the line front end does (L{presence.server.writer}), else queued on the
-    TCP transport.
+    without its C{\\n}.  Frames are built from the bytes as they are (no
+    decoding and re-encoding; one frame for all the watchers of an event,
+    L{presence.server.web.wsframes}), and sent on the TCP socket at once
+    while nothing is queued, as the line front end does
+    (L{presence.server.writer}), else queued on the TCP transport.
   - C{close()} (a close frame, then close after flushing), C{abort()},
     C{pause_reading()}, C{resume_reading()}.
 
