@@ -16,7 +16,8 @@ case (many changes per turn, a watcher's lines gathered into one write).
 
 Only the change phase is measured, from the server's side: its CPU time
 (utime+stime from /proc), with C{--strace} its system calls by name
-(C{strace -c -f}, which slows it down: no CPU figure then), with
+(C{strace -c -f}, which slows it down: no CPU figure then), with C{--perf}
+the send, receive and epoll calls (perf's tracepoints: cheap), with
 C{--callgrind} the instructions it executed in user space (callgrind's Ir,
 zeroed before the phase and dumped after it; the kernel's share of a
 system call is not in it), and with C{--cprofile} its Python calls.  Each is
@@ -159,6 +160,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+PERF_CALLS = ("sendto", "recvfrom", "epoll_wait", "epoll_ctl")
+
+
+def perf_calls(text: str) -> dict[str, int]:
+    """The counts of C{perf stat -x,}'s output, by system call."""
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[2].startswith("syscalls:sys_enter_"):
+            counts[fields[2].removeprefix("syscalls:sys_enter_")] = int(fields[0])
+    return counts
+
+
 def strace_calls(table: str) -> dict[str, int]:
     """The calls column of C{strace -c}'s table, by system call."""
     calls: dict[str, int] = {}
@@ -206,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="changes sent together, from distinct users (1: paced)")
     p.add_argument("--callgrind", action="store_true")
     p.add_argument("--strace", action="store_true")
+    p.add_argument("--perf", action="store_true",
+                   help="count sendto, recvfrom, epoll_wait and epoll_ctl with perf "
+                   "stat's tracepoints (cheap: the CPU figure stays meaningful)")
     p.add_argument("--cprofile", type=Path, default=None,
                    help="write a cProfile of the phase here (pstats format)")
     p.add_argument("--pyspy", type=Path, default=None,
@@ -273,6 +290,14 @@ def main(argv: list[str] | None = None) -> int:
                  str(server.pid), "-r", "500", "-f", "raw", "-o", str(args.pyspy)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(2.0)  # py-spy attaches asynchronously
+        counter = None
+        if args.perf:
+            counter = subprocess.Popen(
+                ["perf", "stat", "-x,", "-o", str(workdir / "perf.txt"), "-e",
+                 ",".join(f"syscalls:sys_enter_{name}" for name in PERF_CALLS),
+                 "-p", str(server.pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)  # perf attaches asynchronously
         before = cpu_seconds(server.pid)
         start = driver.delivered()
         wall = time.monotonic()
@@ -288,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.cprofile:
             os.kill(server.pid, signal.SIGUSR2)
             driver.barrier()
+        if counter is not None:
+            counter.send_signal(signal.SIGINT)
+            counter.wait(30)
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(30)
@@ -313,6 +341,10 @@ def main(argv: list[str] | None = None) -> int:
             result["cpu_us_per_delivery"] = round((after - before) * 1e6 / delivered, 2)
         if args.callgrind:
             result["instructions_per_delivery"] = round(total / delivered)
+        if counter is not None:
+            counted = perf_calls((workdir / "perf.txt").read_text())
+            result["perf_syscalls_per_delivery"] = {
+                name: round(n / delivered, 4) for name, n in counted.items()}
         if tracer is not None:
             calls = strace_calls((workdir / "strace.txt").read_text())
             result["syscalls_per_delivery"] = {
