@@ -34,6 +34,7 @@ import json
 import os
 import random
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -353,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=1))
     finally:
         server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)  # logs, dumps (--keep copies)
     return 0
 
 
