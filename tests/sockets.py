@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from presence.bench.launch import rss_kib  # noqa: F401  (for the tests)
+from presence.bench.wsload import FrameReader, new_key, text_frames, upgrade_request
 
 Json = dict[str, Any]
 DEFAULT_TIMEOUT = 10.0
@@ -85,6 +86,9 @@ class LineSocket:
         if not data:
             self.eof = True
             raise Closed("connection closed by the server")
+        self._take(data)
+
+    def _take(self, data: bytes) -> None:
         self._buffer += data
 
     def recv(self, timeout: float | None = None) -> Json:
@@ -190,6 +194,30 @@ class LineSocket:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class WebSocketSocket(LineSocket):
+    """A L{LineSocket} over WebSocket at C{/ws}: each line it sends is one
+    masked text frame, each text message it receives is read as a line."""
+
+    def __init__(self, host: str, port: int, **options: Any) -> None:
+        super().__init__(host, port, **options)
+        self.reader = FrameReader(new_key())
+        self.sock.sendall(upgrade_request(host, port, self.reader.key))
+        deadline = time.monotonic() + self.timeout
+        while not self.reader.open:
+            self._fill(deadline)
+
+    def send(self, *messages: Json | bytes) -> None:
+        self.sock.sendall(text_frames(b"".join(
+            m if isinstance(m, bytes) else orjson.dumps(m) + b"\n" for m in messages
+        )))
+
+    def _take(self, data: bytes) -> None:
+        for message in self.reader.feed(data):
+            self._buffer += message + b"\n"
+        if self.reader.closed:
+            self.eof = True  # a close frame ends the stream
 
 
 def free_port() -> int:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 from conftest import ServerProcess, StartServer
-from sockets import Json, LineSocket, rss_kib
+from sockets import Json, LineSocket, WebSocketSocket, rss_kib
 
 TALKER, SLOW, WATCHER = 100, 1, 2
 TEXT = 248  # "%08d" + 248 characters: 256, the longest text allowed
@@ -27,13 +27,18 @@ def change(i: int) -> Json:
 class Scene:
     """The talker, the slow client and a normal watcher of both."""
 
-    def __init__(self, server: ServerProcess, header: bytes = b"") -> None:
+    def __init__(self, server: ServerProcess, header: bytes = b"",
+                 websocket: tuple[str, int] | None = None) -> None:
         # header: a PROXY header each connection starts with (a haproxy: port)
+        # websocket: the slow client connects there (/ws) instead
         self.talker = LineSocket(server.host, server.port)
         self.talker.send(header)
         self.talker.login(TALKER)
-        self.slow = LineSocket(server.host, server.port, rcvbuf=4096)
-        self.slow.send(header)
+        if websocket is not None:
+            self.slow: LineSocket = WebSocketSocket(*websocket, rcvbuf=4096)
+        else:
+            self.slow = LineSocket(server.host, server.port, rcvbuf=4096)
+            self.slow.send(header)
         self.slow.login(SLOW, [TALKER])
         assert self.slow.presence()["user_id"] == TALKER
         self.watcher = LineSocket(server.host, server.port)
@@ -84,6 +89,23 @@ def test_slow_consumer_cut_at_max_buffer(start_server: StartServer,
     else:
         server = start_server("--max-buffer", "65536")
         scene = Scene(server)
+    cut_at_max_buffer(server, scene)
+
+
+def test_slow_websocket_consumer_cut_at_max_buffer(start_server: StartServer
+                                                   ) -> None:
+    """The same for a slow client over WebSocket, whose frames go to the
+    socket at once while nothing is queued (the direct writer): it is
+    paused only once the kernel's buffers are full, and cut off (error 14)
+    past --max-buffer from there, with the server's memory bounded."""
+    server = start_server("--max-buffer", "65536",
+                          "--websocket", "tcp:0:interface=127.0.0.1")
+    line = server.wait_for_log(r"presence websocket listening on tcp:")
+    _, host, port = line.rsplit(" ", 1)[1].rsplit(":", 2)
+    cut_at_max_buffer(server, Scene(server, websocket=(host, int(port))))
+
+
+def cut_at_max_buffer(server: ServerProcess, scene: Scene) -> None:
     try:
         rss_before = rss_kib(server.proc.pid)
         # At most ~20 MB toward the slow client: far past the kernel buffers.

@@ -139,7 +139,20 @@ class MemoryHub:
         change: StatusChange | None,
         at: float,
     ) -> None:
-        self._run(lambda: self._apply(node, uid, share, change, at))
+        if self._running:
+            self._queue.append(lambda: self._apply(node, uid, share, change, at))
+            return
+        # Not inside another publish (nearly always): applied at once, as
+        # _run would, without a closure and a trip through the queue (this
+        # runs once per status change).
+        self._running = True
+        try:
+            self._apply(node, uid, share, change, at)
+            queue = self._queue
+            while queue:
+                queue.popleft()()
+        finally:
+            self._running = False
 
     def follow(self, node: str, uids: Iterable[int]) -> None:
         uids = list(uids)
@@ -263,7 +276,9 @@ class MemoryHub:
         for share in shares:
             if share.listed:
                 listed = share.listed if not listed else listed | share.listed
-        sessions = sum(share.sessions for share in shares)
+        sessions = 0
+        for share in shares:  # (no generator: this runs once per change)
+            sessions += share.sessions
         if not present:
             status, text = "offline", ""
         visible = present and status != "invisible"
@@ -295,7 +310,13 @@ class MemoryHub:
             record.state = state
             self._records[uid] = record
         if news:
-            for node in self._nodes(uid):
+            solo = self._solo
+            if solo is not None:
+                # One bus, following every user once it follows any.
+                nodes: Iterable[str] = (solo,) if solo in self._follows else ()
+            else:
+                nodes = self._nodes(uid)
+            for node in nodes:
                 bus = self._buses.get(node)
                 if bus is not None and bus.listener is not None:
                     bus.listener.user_changed(state)

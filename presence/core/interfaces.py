@@ -21,6 +21,7 @@ from zope.interface import Attribute, Interface
 
 from presence import wire
 from presence.wire import StatusChange
+from presence.wire.frozen import quick_init
 
 INVISIBLE = "invisible"
 
@@ -55,6 +56,7 @@ class Share:
     ended_at: float = 0.0
 
 
+@quick_init  # one is built per change
 @dataclass(frozen=True, slots=True)
 class UserState:
     """A user as every watcher in the cluster sees it.

@@ -59,9 +59,10 @@ class Server:
         # Refusals are logged once per address and interval, then summed up.
         self.refusals = RefusalLimiter(clock)
         self.connections: set[Session] = set()
-        # Deliveries, messages and KiB handled so far: what fair share
-        # counts a connection's turn in (and a metric).
-        self.work = 0
+        # Messages and KiB handled so far; with the deliveries (counted in
+        # metrics only: one addition per delivery, not two) the work that
+        # fair share counts a connection's turn in (L{work}).
+        self.line_work = 0
         # Bytes of unfinished input held for all connections (the framers').
         self.unfinished = 0
         # Bytes written to clients that are not reading (Twisted holds them).
@@ -69,6 +70,11 @@ class Server:
         self._per_ip: dict[str, int] = {}
         self._stopping = False
         self._all_gone: list[defer.Deferred[None]] = []
+
+    @property
+    def work(self) -> int:
+        """Deliveries, messages and KiB handled so far."""
+        return self.line_work + self.metrics.deliveries
 
     # -- connection accounting -----------------------------------------------
 

@@ -34,7 +34,7 @@ from presence.server.session import (
     login_line_too_long,
     unfinished_too_much,
 )
-from presence.server.writer import supported, write_now
+from presence.server.writer import supported
 from presence.wire import keepalive
 from presence.wire.errors import ProtocolError
 from presence.wire.framing import LINE, Framer
@@ -227,10 +227,20 @@ class LineProtocol(Protocol):
     # -- IPeer ---------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self._direct:
-            write_now(self.transport, data)
-        else:
-            self.transport.write(data)
+        # writer.write_now, inlined (a call less per delivery).
+        t = self.transport
+        if not self._direct or (
+            t._tempDataLen or t.dataBuffer or not t.connected or t.disconnecting
+        ):
+            t.write(data)
+            return
+        try:
+            sent = t.socket.send(data)
+        except OSError:
+            t.write(data)
+            return
+        if sent < len(data):
+            t.write(data[sent:])
 
     def close(self) -> None:
         # A paused streaming producer would keep loseConnection waiting.

@@ -145,6 +145,16 @@ class Session:
         """
         if self.closing:
             return
+        if self._inbox is None and type(lines) is list and len(lines) == 1:
+            # One message and none waiting (an idle client's read, nearly
+            # always): handled at once, as _turn would, without the queue.
+            line = lines[0]
+            server = self.server
+            if line and server.unfinished + len(line) > server.config.max_unfinished:
+                self.fatal(unfinished_too_much())
+            else:
+                self.line(line)
+            return
         lines = list(lines)
         size = sum(map(len, lines))
         self._queued += size
@@ -194,7 +204,7 @@ class Session:
         """Handle one message (a line without its terminator; maybe blank)."""
         if self.closing:
             return
-        self.server.work += 1 + (len(line) >> 10)
+        self.server.line_work += 1 + (len(line) >> 10)
         if self.user_id is not None:
             # Activity keeps a session alive; before the login nothing but
             # the login itself stops the login timeout.
@@ -434,8 +444,7 @@ class Session:
                 self.slow_consumer()
                 return
         server = self.server
-        server.work += 1
-        server.metrics.deliveries += 1
+        server.metrics.deliveries += 1  # also fair share's work (Server.work)
         out = self._out
         if out is None:
             # The common case, a lone line: no size kept (FLUSH_EARLY is

@@ -23,9 +23,7 @@ from typing import Any
 
 from twisted.internet import abstract, tcp
 
-_ATTRIBUTES = (
-    "dataBuffer", "offset", "_tempDataLen", "connected", "disconnecting", "socket"
-)
+_ATTRIBUTES = ("dataBuffer", "_tempDataLen", "connected", "disconnecting", "socket")
 
 
 def supported(transport: Any) -> bool:
@@ -40,11 +38,15 @@ def supported(transport: Any) -> bool:
 
 
 def write_now(transport: Any, data: bytes) -> None:
-    """Write C{data} on a L{supported} transport: at once if nothing is queued."""
+    """Write C{data} on a L{supported} transport: at once if nothing is queued.
+
+    (C{LineProtocol.write} holds a copy of this, inlined: it runs once per
+    delivery.)
+    """
     t = transport
-    if t._tempDataLen or t.offset != len(t.dataBuffer) or not t.connected or (
-        t.disconnecting
-    ):
+    # Nothing is queued when both buffers are empty: doWrite sets dataBuffer
+    # back to b"" once it has sent all of it (test_writer checks this).
+    if t._tempDataLen or t.dataBuffer or not t.connected or t.disconnecting:
         t.write(data)
         return
     try:

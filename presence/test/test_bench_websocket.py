@@ -48,7 +48,7 @@ from presence.bench.wsload import (
     upgrade_request,
     worker_config,
 )
-from presence.server.web.websocket import text_frame
+from presence.server.web.wsframes import text_frame
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 1.3's example
 

@@ -16,6 +16,7 @@ from presence.server.context import Server
 from presence.server.lines import LineFactory, LineProtocol
 from presence.server.service import PresenceService
 from presence.server.session import FLUSH_EARLY, Session
+from presence.server.web import wsframes
 from presence.test.support import Harness, one_turn
 from presence.test.test_loopback import LineClient
 from presence.wire.errors import ErrorCode
@@ -210,6 +211,31 @@ class WriteTurnOverWebSocketTests(WriteTurnTests):
 
     def setUp(self) -> None:
         self.patch(Harness, "frontend", "websocket")
+
+    def test_watchers_share_the_frame(self) -> None:
+        """A change told to three WebSocket watchers is framed once: a
+        server's frames are not masked, so each watcher is written the same
+        frame."""
+        h = Harness()
+        talker = h.login(1)
+        watchers = [h.login(uid, [1]) for uid in (2, 3, 4)]
+        framed: list[bytes] = []
+        text_frame = wsframes.text_frame
+
+        def counting(payload: bytes) -> bytes:
+            framed.append(payload)
+            return text_frame(payload)
+
+        self.patch(wsframes, "text_frame", counting)
+        writes = [self.count_writes(w) for w in watchers]
+        talker.send(status("shared"))
+        one_turn(h.clock)
+        self.assertEqual(len(framed), 1)
+        self.assertEqual([len(w) for w in writes], [1, 1, 1])
+        self.assertEqual(writes[0], writes[1])
+        self.assertEqual(writes[0], writes[2])
+        for watcher in watchers:
+            self.assertEqual([m["text"] for m in watcher.received()], ["shared"])
 
 
 class CountingSocket:

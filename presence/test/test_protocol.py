@@ -957,6 +957,23 @@ class UnfinishedInputTests(ErrorAssertions):
         self.assertEqual(a.received()[0]["type"], "welcome")
         self.assertEqual(h.factory.server.unfinished, 0)
 
+    def test_global_budget_whole_line(self) -> None:
+        """A whole line, handled in the read that brings it, still counts
+        against --max-unfinished: with what another connection holds it
+        passes the budget, and it is refused (16), not handled."""
+        h = Harness(max_unfinished=1000)
+        a, b = h.connect(), h.connect()
+        a.transport.clear()
+        b.transport.clear()
+        a.send(b'{"user_id": 1, "friends": [' + b"2, " * 200)
+        b.send({"user_id": 3, "friends": list(range(10, 210))})
+        self.assertError(b, ErrorCode.TOO_MANY_CONNECTIONS, fatal=True)
+        self.assertEqual(h.registry.users, 0)
+        b.lose()
+        b2 = h.connect()
+        b2.send({"user_id": 3, "friends": [4]})
+        self.assertEqual(b2.received()[0]["type"], "welcome")
+
 
 # -- the same tests over the WebSocket front end -------------------------------
 

@@ -14,7 +14,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Site
 from twisted.web.websocket import WebSocketClientEndpoint, WebSocketTransport
 
-from presence.server.web import websocket
+from presence.server.web import websocket, wsframes
 from presence.server.web.resources import web_root
 from presence.wire.errors import ProtocolError
 
@@ -183,6 +183,31 @@ class AdapterTests(unittest.TestCase):
         )
 
     @inlineCallbacks
+    def test_write_goes_out_at_once(self) -> Any:
+        """A write while nothing is queued is one send(2) on the socket, at
+        once: the transport queues nothing and waits for no writability."""
+        client, session = yield self.connect()
+        tcp = session.peer.tcp
+        sends: list[bytes] = []
+        sock = tcp.socket
+
+        class Counting:
+            def send(self, data: bytes) -> int:
+                sends.append(data)
+                return sock.send(data)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(sock, name)
+
+        self.patch(tcp, "socket", Counting())
+        session.peer.write(b'{"type":"pong"}\n')
+        self.assertEqual(sends, [wsframes.text_frame(b'{"type":"pong"}')])
+        self.assertEqual((tcp.dataBuffer, tcp._tempDataLen), (b"", 0))
+        self.assertNotIn(tcp, reactor.getWriters())
+        yield client.wait(1)
+        self.assertEqual(client.messages, ['{"type":"pong"}'])
+
+    @inlineCallbacks
     def test_close_after_error(self) -> Any:
         """close() sends what was written, then a close frame; the session is told."""
         client, session = yield self.connect()
@@ -211,16 +236,33 @@ class AdapterTests(unittest.TestCase):
 
     @inlineCallbacks
     def test_backpressure(self) -> Any:
-        """A full send buffer pauses the session; it resumes once the client reads."""
+        """A client that stops reading pauses the session once the kernel's
+        buffers are full and the transport holds more than its buffer size,
+        not later; the session resumes once the client reads, and every
+        message arrives, in order.
+
+        Writes go to the socket at once while nothing is queued (the
+        direct writer), so the pause comes only past what loopback's kernel
+        buffers take (a few MB): the server writes until it is paused, up
+        to far more than those."""
         client, session = yield self.connect()
         client.transport.transport.pauseProducing()  # the client stops reading
-        chunk = b'{"text":"' + b"z" * 60_000 + b'"}\n'
-        for _ in range(4):
-            session.peer.write(chunk)
+        tcp = session.peer.tcp
+        chunks = [b'{"n":%d,"text":"%s"}\n' % (n, b"z" * 60_000) for n in range(1000)]
+        written = 0
+        while session.events != ["pause"] and written < len(chunks):  # 60 MB
+            session.peer.write(chunks[written])
+            written += 1
         self.assertEqual(session.events, ["pause"])
+        held = len(tcp.dataBuffer) - tcp.offset + tcp._tempDataLen
+        self.assertGreater(held, tcp.bufferSize)
+        self.assertLessEqual(held, tcp.bufferSize + len(chunks[0]) + 16)
         client.transport.transport.resumeProducing()
         yield session.wait(lambda s: "resume" in s.events)
-        yield client.wait(4)
+        yield client.wait(written)
+        self.assertEqual(
+            client.messages, [c[:-1].decode() for c in chunks[:written]]
+        )
 
     @inlineCallbacks
     def test_pause_reading(self) -> Any:

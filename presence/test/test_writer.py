@@ -94,6 +94,19 @@ class DirectWriterTests(TestCase):
         sink.transport.resumeProducing()
         yield sink.done
         self.assertEqual(bytes(sink.data), b"".join(lines))
+        # Drained, both of Twisted's buffers are empty again (what the writer
+        # takes for "nothing queued"), and the next write goes out at once.
+        self.assertEqual(
+            (server.transport.dataBuffer, server.transport._tempDataLen), (b"", 0)
+        )
+        sink.expected += 4
+        sink.done = defer.Deferred()
+        writer.write_now(server.transport, b"end\n")
+        self.assertEqual(
+            (server.transport.dataBuffer, server.transport._tempDataLen), (b"", 0)
+        )
+        yield sink.done
+        self.assertEqual(bytes(sink.data[-4:]), b"end\n")
 
 
 class FallbackTests(SynchronousTestCase):

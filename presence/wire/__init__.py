@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from presence.wire.errors import ErrorCode, ProtocolError
+from presence.wire.frozen import quick_init
 
 MAX_USER_ID = 2**63 - 1
 STATUSES = frozenset({"online", "away", "busy", "invisible"})
@@ -90,6 +91,7 @@ def id_set(value: object, field: str, me: int, max_friends: int) -> frozenset[in
     return ids
 
 
+@quick_init  # one is built per status message
 @dataclass(frozen=True, slots=True)
 class StatusChange:
     """A status and/or text to apply; None means "leave as it is"."""

@@ -23,6 +23,7 @@ from presence.wire import (
     user_id,
 )
 from presence.wire.errors import ErrorCode, ProtocolError
+from presence.wire.frozen import quick_init
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,7 @@ class Bye:
     """C{{"type": "bye"}}: the client is leaving."""
 
 
+@quick_init  # one is built per status message
 @dataclass(frozen=True, slots=True)
 class Status:
     """C{{"type": "status"}}: the user's status and text."""

@@ -8,7 +8,9 @@ peer feeds it what the client sends:
   - C{session.received([message])}: one text message, UTF-8, without a
     trailing C{\\n} (one JSON line, as over TCP).  A binary message is passed
     on as L{BINARY}, a line that is not UTF-8, so that the session answers it
-    with error 3 like any undecodable line.
+    with error 3 like any undecodable line.  A read of whole masked text
+    frames is read here rather than by wsproto, while wsproto holds nothing
+    of the connection (L{presence.server.web.wsframes}).
   - C{session.lost()}: the connection is gone.
   - C{session.transport_paused()} / C{session.transport_resumed()}: the
     client stopped / started reading again (the TCP transport's send buffer
@@ -18,8 +20,11 @@ peer feeds it what the client sends:
 and the session calls on the peer:
 
   - C{write(data)}: one or more JSON lines; each becomes one text message
-    without its C{\\n}.  Frames are built here, from the bytes as they are
-    (no decoding and re-encoding), and written to the TCP transport.
+    without its C{\\n}.  Frames are built from the bytes as they are (no
+    decoding and re-encoding; one frame for all the watchers of an event,
+    L{presence.server.web.wsframes}), and sent on the TCP socket at once
+    while nothing is queued, as the line front end does
+    (L{presence.server.writer}), else queued on the TCP transport.
   - C{close()} (a close frame, then close after flushing), C{abort()},
     C{pause_reading()}, C{resume_reading()}.
 
@@ -28,8 +33,10 @@ peer bounds what it buffers itself: when more than C{max_message} bytes
 (plus L{SLACK} for frame headers and control frames) arrive without
 completing a message, or a message longer than C{max_message} arrives, the
 session answers with error 9 (L{Session.framing_error}).  Nothing
-here buffers without bound: writes go straight to the TCP transport, whose
-fill level the session watches through the producer calls.
+here buffers without bound: what the socket does not take at once goes to
+the TCP transport, whose fill level the session watches through the
+producer calls (so a client that stops reading is paused once the kernel's
+buffers and then the transport's 64 KiB are full).
 
 Fair share: Twisted delivers every message of one read (at most 64 KiB) at
 once, also after C{pause_reading()}, which only stops the next reads; the
@@ -44,7 +51,6 @@ send it); it is let in, since a non-browser client could send any Origin.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -58,6 +64,13 @@ from zope.interface import implementer
 from presence.server.context import host_of
 from presence.server.logs import format_peer
 from presence.server.session import IPeer, Session
+from presence.server.web.wsframes import (
+    client_messages,
+    frames,
+    readable,
+    wsproto_idle,
+)
+from presence.server.writer import supported, write_now
 from presence.wire import keepalive
 from presence.wire.errors import ErrorCode, ProtocolError
 
@@ -69,23 +82,6 @@ log = Logger()
 SessionFactory = Callable[["WebSocketPeer"], Session]
 
 
-def text_frame(payload: bytes) -> bytes:
-    """A server's (unmasked) text frame holding C{payload}."""
-    n = len(payload)
-    if n < 126:
-        return b"\x81" + bytes((n,)) + payload
-    if n < 1 << 16:
-        return b"\x81\x7e" + struct.pack("!H", n) + payload
-    return b"\x81\x7f" + struct.pack("!Q", n) + payload
-
-
-def frames(data: bytes) -> bytes:
-    """C{data}'s JSON lines as text frames, one per line, without the C{\\n}."""
-    if data.endswith(b"\n") and data.count(b"\n") == 1:
-        return text_frame(data[:-1])
-    return b"".join(text_frame(line) for line in data.split(b"\n") if line)
-
-
 @implementer(IPeer, IPushProducer)
 class WebSocketPeer:
     """One WebSocket connection: twisted.web.websocket's protocol side, the
@@ -93,9 +89,24 @@ class WebSocketPeer:
 
     kind = "websocket"
     __slots__ = (
-        "_batch", "_delivered", "_paused", "_unfinished", "address", "closing", "host",
-        "keepalive", "limit", "make_session", "max_message", "origin", "request",
-        "session", "tcp", "ws",
+        "_batch",
+        "_delivered",
+        "_direct",
+        "_paused",
+        "_reads",
+        "_unfinished",
+        "address",
+        "closing",
+        "host",
+        "keepalive",
+        "limit",
+        "make_session",
+        "max_message",
+        "origin",
+        "request",
+        "session",
+        "tcp",
+        "ws",
     )
 
     def __init__(
@@ -119,6 +130,8 @@ class WebSocketPeer:
         self._delivered = False
         self._batch: list[bytes] | None = None  # the messages of this read
         self._paused = False
+        self._direct = False  # writes may bypass the transport's queue
+        self._reads = False  # whole text frames may bypass wsproto (wsframes)
 
     # -- twisted.web.websocket's WebSocketProtocol -----------------------------
 
@@ -139,6 +152,8 @@ class WebSocketPeer:
             channel.requests.clear()
         if ITCPTransport.providedBy(self.tcp):
             self.tcp.setTcpNoDelay(True)
+        self._direct = supported(self.tcp)
+        self._reads = readable(self.ws)
         # Count what arrives before Twisted's wire protocol buffers it.
         inner = channel.dataReceived
         channel.dataReceived = self._guard(inner)  # type: ignore[method-assign]
@@ -158,6 +173,19 @@ class WebSocketPeer:
             if self._unfinished > self.limit:
                 self._too_long()
                 return
+            if self._reads and wsproto_idle(self.ws):
+                messages = client_messages(data)
+                if messages is not None:
+                    # Whole text messages, read here (wsframes): as the
+                    # textMessageReceived calls wsproto would make.
+                    self._unfinished = 0
+                    self._batch = []
+                    for message in messages:
+                        self._text(message)
+                    batch, self._batch = self._batch, None
+                    if batch and self.session is not None:
+                        self.session.received(batch)
+                    return
             self._delivered = False
             self._batch = []
             inner(data)
@@ -184,9 +212,11 @@ class WebSocketPeer:
 
     def textMessageReceived(self, message: str) -> None:
         self._delivered = True
+        self._text(message.encode("utf-8"))
+
+    def _text(self, data: bytes) -> None:
         if self.closing or self.session is None:
             return
-        data = message.encode("utf-8")
         if data.endswith(b"\n"):
             data = data[:-1]
         self._message(data)
@@ -223,7 +253,13 @@ class WebSocketPeer:
     def write(self, data: bytes) -> None:
         if self.closing or self.tcp is None:
             return
-        self.tcp.write(frames(data))
+        if self._direct:
+            # As the line front end does (presence.server.writer): sent at
+            # once when nothing is queued, instead of an epoll registration,
+            # a later doWrite and an unregistration per write.
+            write_now(self.tcp, frames(data))
+        else:
+            self.tcp.write(frames(data))
 
     def close(self) -> None:
         """A close frame after what is written, then close after flushing."""
