@@ -34,8 +34,19 @@ class SignalService(Service):
         self.handlers = handlers
         self._previous: dict[int, Any] = {}
 
+    def privilegedStartService(self) -> None:
+        # Before any front end binds and says it is listening: whoever waits
+        # for that line may signal at once (logrotate, tests).
+        super().privilegedStartService()
+        self._install()
+
     def startService(self) -> None:
         super().startService()
+        self._install()
+
+    def _install(self) -> None:
+        if self._previous:
+            return
         for signum in self.handlers:
             self._previous[signum] = signal.signal(signum, self._received)
 

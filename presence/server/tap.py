@@ -346,8 +346,6 @@ def makeService(options: Options) -> IService:
     if target is not None:
         service.log_observer = target.observer
     PidfileKeeper(twistd).setServiceParent(service)
-    if options["gc"] == "freeze":
-        FreezeSurvivors().setServiceParent(service)
     reload = Reload(options["secret-file"], verifier, target)
     SignalService(reactor, {signal.SIGHUP: reload.hup, signal.SIGUSR1: reload.usr1}
                   ).setServiceParent(service)
@@ -381,6 +379,9 @@ def makeService(options: Options) -> IService:
             options["admin"],
             name="admin",
         )
+    if options["gc"] == "freeze":
+        # Last: what the others made at start is frozen with the code.
+        FreezeSurvivors().setServiceParent(service)
     return service
 
 

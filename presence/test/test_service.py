@@ -225,12 +225,12 @@ class MakeServiceTreeTests(SynchronousTestCase):
         return service
 
     def test_tree(self) -> None:
-        """A MultiService: the pidfile keeper, the garbage-collector policy,
-        the signal handlers, then one front end per listening endpoint."""
+        """A MultiService: the pidfile keeper, the signal handlers, one front
+        end per listening endpoint, then the garbage-collector policy."""
         service = self.make()
         kinds = [type(s) for s in service]
         self.assertEqual(
-            kinds, [PidfileKeeper, FreezeSurvivors, SignalService, FrontEnd])
+            kinds, [PidfileKeeper, SignalService, FrontEnd, FreezeSurvivors])
         self.assertEqual(len(service.front_ends), 1)
 
     def test_gc_default_leaves_the_collector_alone(self) -> None:
@@ -344,6 +344,20 @@ class SignalServiceTests(SynchronousTestCase):
         service.startService()
         try:
             self.assertEqual(signal.getsignal(signal.SIGUSR2), service._received)
+        finally:
+            service.stopService()
+        self.assertEqual(signal.getsignal(signal.SIGUSR2), before)
+
+    def test_installed_before_ports_bind(self) -> None:
+        """The handlers are in place from privilegedStartService, when front
+        ends bind and log that they listen, before anything starts; starting
+        after that installs nothing twice, and stopping restores the rest."""
+        before = signal.getsignal(signal.SIGUSR2)
+        service = SignalService(None, {signal.SIGUSR2: lambda: None})
+        service.privilegedStartService()
+        try:
+            self.assertEqual(signal.getsignal(signal.SIGUSR2), service._received)
+            service.startService()
         finally:
             service.stopService()
         self.assertEqual(signal.getsignal(signal.SIGUSR2), before)
