@@ -55,21 +55,10 @@ def absent(uid: int, version: int, last_seen: float = 0.0) -> UserState:
 
 
 def decode_event(payload: bytes) -> UserState:
-    """A state published on a user's channel (one split: every event a
-    node receives goes through here)."""
-    uid, version, present, status, sessions, last_seen, listed, text = payload.split(
-        b"|", 7
-    )
-    return UserState(
-        int(uid),
-        present == b"1",
-        status.decode(),
-        text.decode(),
-        decode_listed(listed),
-        int(sessions),
-        float(last_seen),
-        int(version),
-    )
+    """A state published on a user's channel: ``ID|`` and the state as the
+    user's hash stores it."""
+    uid, state = payload.split(b"|", 1)
+    return decode_state(int(uid), state)
 
 
 def decode_state(uid: int, state: bytes) -> UserState:
