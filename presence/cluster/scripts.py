@@ -268,24 +268,19 @@ if news then
 end
 local body = v .. '|' .. (present and '1' or '0') .. '|' .. status .. '|' ..
   sessions .. '|' .. last_seen .. '|' .. listed .. '|' .. text
-if not news then
-  -- Nothing a watcher sees changed: the session count and when the status
-  -- was written are stored, under the same version.
-  if present then
-    if mine then
-      redis.call('HSET', hk, me, mine, 'v', body, 'a', sa)
-    else
-      redis.call('HSET', hk, 'v', body, 'a', sa)
-    end
-  end
-  return 0
-end
 if present then
   if mine then
     redis.call('HSET', hk, me, mine, 'v', body, 'a', sa)
   else
     redis.call('HSET', hk, 'v', body, 'a', sa)
   end
+end
+if not news then
+  -- Nothing a watcher sees changed: the session count and when the status
+  -- was written are stored (above), under the same version.
+  return 0
+end
+if present then
   if not oldp then redis.call('PERSIST', hk) end
 else
   redis.call('DEL', hk)
