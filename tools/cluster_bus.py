@@ -86,15 +86,37 @@ def redis_cpu(redis: RedisServer) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-async def run(args: argparse.Namespace, redis: RedisServer) -> None:
+async def two_nodes(redis: RedisServer) -> tuple[RedisBus, RedisBus, Counter]:
+    """Nodes "a" (which publishes) and "b" (whose listener, returned, counts)."""
     address = RedisAddress.parse(redis.url)
     a, b = RedisBus(address, "a"), RedisBus(address, "b")
-    la, lb = Counter(), Counter()
-    a.attach(la)
+    lb = Counter()
+    a.attach(Counter())
     b.attach(lb)
     for bus in (a, b):
         bus.startService()
         await bus.when_up()
+    return a, b, lb
+
+
+async def status_changes(a: RedisBus, lb: Counter, users: int, changes: int,
+                         per_round: int, texts: bool = False) -> None:
+    """C{changes} status changes from node a, C{per_round} in one reactor turn,
+    each round waited for until node b has heard all of it."""
+    statuses = ["away", "busy", "online"]
+    done = 0
+    while done < changes:
+        batch = min(per_round, changes - done)
+        for i in range(done, done + batch):
+            status = statuses[(i // users) % 3]
+            a.publish(i % users + 1, Share(1),
+                      StatusChange(status, f"t{i}" if texts else None), time.time())
+        done += batch
+        await lb.until(users + done)
+
+
+async def run(args: argparse.Namespace, redis: RedisServer) -> None:
+    a, b, lb = await two_nodes(redis)
     n = args.users
     users = range(1, n + 1)
     base_mem = int(redis.info("memory")["used_memory"])
@@ -122,16 +144,8 @@ async def run(args: argparse.Namespace, redis: RedisServer) -> None:
     subscribes = stats.get("cmdstat_subscribe", "calls=0,").split(",")[0]
     assert lb.changed == n, (lb.changed, n)
 
-    statuses = ["away", "busy", "online"]
     start, c0, r0 = time.monotonic(), cpu(), redis_cpu(redis)
-    done = 0
-    while done < args.changes:
-        batch = min(args.window, args.changes - done)
-        for i in range(done, done + batch):
-            status = statuses[(i // n) % 3]
-            a.publish(i % n + 1, Share(1), StatusChange(status, None), time.time())
-        done += batch
-        await lb.until(n + done)
+    await status_changes(a, lb, n, args.changes, args.window)
     wall, used, rused = time.monotonic() - start, cpu() - c0, redis_cpu(redis) - r0
 
     redis.restart()

@@ -29,46 +29,15 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
 from typing import Any
 
+from cluster_bus import status_changes, two_nodes  # beside this script
 from twisted.internet import defer, reactor
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from presence.bench import redis_stats
-from presence.cluster.bus import RedisBus
-from presence.cluster.connection import RedisAddress
 from presence.cluster.redisserver import RedisServer
-from presence.core.interfaces import IStateListener, Share, UserState
-from presence.wire import StatusChange
-
-
-@implementer(IStateListener)
-class Counter:
-    """Counts the states told, and fires a Deferred at a given count."""
-
-    def __init__(self) -> None:
-        self.changed = 0
-        self.waiting: tuple[int, defer.Deferred[None]] | None = None
-
-    def user_changed(self, state: UserState) -> None:
-        self.changed += 1
-        if self.waiting and self.changed >= self.waiting[0]:
-            d = self.waiting[1]
-            self.waiting = None
-            d.callback(None)
-
-    def resync(self, states: Sequence[UserState]) -> None:
-        pass
-
-    def until(self, n: int) -> defer.Deferred[None]:
-        d: defer.Deferred[None] = defer.Deferred()
-        if self.changed >= n:
-            d.callback(None)
-        else:
-            self.waiting = (n, d)
-        return d
+from presence.core.interfaces import Share
 
 
 class Callgrind:
@@ -111,14 +80,7 @@ class Callgrind:
 
 async def run(args: argparse.Namespace, redis: RedisServer,
               grind: Callgrind | None) -> dict[str, Any]:
-    address = RedisAddress.parse(redis.url)
-    a, b = RedisBus(address, "a"), RedisBus(address, "b")
-    la, lb = Counter(), Counter()
-    a.attach(la)
-    b.attach(lb)
-    for bus in (a, b):
-        bus.startService()
-        await bus.when_up()
+    a, b, lb = await two_nodes(redis)
     n = args.users
     users = range(1, n + 1)
     for uid in users:
@@ -130,19 +92,10 @@ async def run(args: argparse.Namespace, redis: RedisServer,
 
     assert redis.proc is not None
     pid = redis.proc.pid
-    statuses = ["away", "busy", "online"]
     before = redis_stats.snapshot(redis)
     if grind is not None:
         grind.control(pid, "-z")
-    done = 0
-    while done < args.changes:
-        batch = min(args.per_turn, args.changes - done)
-        for i in range(done, done + batch):
-            status = statuses[(i // n) % 3]
-            a.publish(i % n + 1, Share(1), StatusChange(status, f"t{i}"),
-                      time.time())
-        done += batch
-        await lb.until(n + done)
+    await status_changes(a, lb, n, args.changes, args.per_turn, texts=True)
     counted = grind.instructions(pid) if grind is not None else None
     after = redis_stats.snapshot(redis)
     result = redis_stats.breakdown(before, after, args.changes)
