@@ -43,7 +43,7 @@ from presence.bench.launch import LaunchedServer
 from presence.cluster.redisserver import RedisServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fanout_cost import (  # noqa: E402
+from fanout_cost import (
     PERF_CALLS,
     PROFILED,
     STATUSES,
