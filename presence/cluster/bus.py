@@ -57,7 +57,7 @@ from presence.cluster.connection import (
     ConnectionFactory,
     RedisAddress,
     SubscriberConnection,
-    encode,
+    encode_text,
 )
 from presence.cluster.scripts import Script
 from presence.core.interfaces import IBus, IStateListener, Share, UserState
@@ -310,7 +310,7 @@ class RedisBus(service.Service):
         commands, removed = turn.commands(self.incarnation, self._shares,
                                           self._apply_many)
         self.stats["applies"] += len(turn.changes)
-        cmd.send_many([encode(c) for c in commands], len(commands))
+        cmd.send_many([encode_text(c) for c in commands], len(commands))
         self.stats["apply_scripts"] += len(commands) - bool(turn.added)
         if removed:
             d = cmd.call("SREM", scripts.users_key(self.incarnation),
@@ -873,6 +873,8 @@ class RedisBus(service.Service):
                 self._ping_sent = now
                 self._send(sub.ping())
         cmd = self._cmd
+        if cmd is not None:
+            cmd.read_replies()  # (errors of the scripts sent since the last tick)
         if cmd is None or not self._registered or self._recovering:
             return  # (the recovery refreshes the liveness itself)
         if self._beat_sent is not None:

@@ -888,6 +888,9 @@ class _RefusingCommands:
         self.calls.append(args)
         return defer.fail(txredisapi.ResponseError("OOM command not allowed"))
 
+    def read_replies(self) -> None:
+        pass
+
 
 class HeartbeatRefused(unittest.SynchronousTestCase):
     def test_beats_again(self) -> None:
@@ -905,6 +908,34 @@ class HeartbeatRefused(unittest.SynchronousTestCase):
             clock.advance(bus.interval)
         self.assertEqual(len(cmd.calls), 3)
         self.assertEqual(len(self.flushLoggedErrors(txredisapi.ResponseError)), 3)
+
+
+class _Commands:
+    """A command connection that counts read_replies."""
+
+    received = 0
+    counted = 0
+    heard = 0.0
+    reads = 0
+
+    def read_replies(self) -> None:
+        self.reads += 1
+
+
+class ReadsReplies(unittest.SynchronousTestCase):
+    def test_every_tick(self) -> None:
+        """Every heartbeat tick reads the replies to the scripts sent since
+        the last one (the command connection does not read them as they
+        come), connected and registered or not."""
+        clock = task.Clock()
+        bus = RedisBus(RedisAddress.parse("redis://127.0.0.1:1/0"), "n", 10.0,
+                       reactor=clock)
+        cmd = _Commands()
+        bus._cmd = cmd  # type: ignore[assignment]
+        for _ in range(3):
+            bus._tick()
+            clock.advance(bus.interval)
+        self.assertEqual(cmd.reads, 3)
 
 
 class Silence(unittest.SynchronousTestCase):

@@ -22,6 +22,7 @@ from presence.cluster.connection import (
     SubscriberConnection,
     direct,
     encode,
+    encode_text,
 )
 from presence.test.test_cluster_bus import RedisCase, async_test
 
@@ -110,6 +111,86 @@ class Replies(unittest.SynchronousTestCase):
         conn.dataReceived(b"-NOSCRIPT no script\r\n-ERR other\r\n")
         self.assertEqual([str(e) for e in failed], ["NOSCRIPT no script"])
         self.assertEqual(str(self.failureResultOf(d).value), "ERR other")
+
+
+class Encoding(unittest.SynchronousTestCase):
+    def test_text_as_bytes(self) -> None:
+        """encode_text writes what encode writes, for ASCII and for text
+        whose UTF-8 is longer than its characters."""
+        for args in (
+            ("EVALSHA", "ab" * 20, 1, "{u:5}:h", 5, "n/x", "", "1|2.000000|"),
+            ("PUBLISH", "c", "caf\u00e9 \u2603", 3600),
+            ("SET", "k", "a\r\nb"),
+        ):
+            self.assertEqual(encode_text(args), encode(args))
+
+
+class FakeTransport(StringTransport):
+    """A test transport that records whether the protocol reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = True
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def startReading(self) -> None:
+        self.reading = True
+
+
+class ReadingOnDemand(unittest.SynchronousTestCase):
+    def setUp(self) -> None:
+        self.failed: list[Exception] = []
+        failed = self.failed
+
+        class Failing(Owner):
+            def command_failed(self, error: Exception) -> None:
+                failed.append(error)
+
+        self.conn = CommandConnection(charset=None, convertNumbers=False)
+        self.conn.owner = Failing()
+        self.transport = FakeTransport()
+        self.conn.makeConnection(self.transport)
+        self.conn._ready = True  # (AUTH and SELECT done)
+        self.conn._pausable = True  # as on a plain socket
+
+    def test_stops_reading_when_nothing_awaited(self) -> None:
+        """Once every awaited reply is in, the connection stops reading;
+        replies to sends wait until a call or read_replies reads again,
+        and their errors are told then."""
+        self.conn.send("EVALSHA", "x", 0)
+        self.conn.dataReceived(b":1\r\n")
+        self.assertFalse(self.transport.reading)
+        self.conn.send("EVALSHA", "x", 0)
+        self.conn.send("EVALSHA", "x", 0)
+        self.conn.read_replies()
+        self.assertTrue(self.transport.reading)
+        self.conn.dataReceived(b":1\r\n-NOSCRIPT gone\r\n")
+        self.assertEqual([str(e) for e in self.failed], ["NOSCRIPT gone"])
+        self.assertFalse(self.transport.reading)
+
+    def test_reads_while_a_call_waits(self) -> None:
+        """A call reads again, and reading goes on until its reply is in,
+        however many replies to sends come first."""
+        self.conn.send("EVALSHA", "x", 0)
+        self.conn.dataReceived(b":1\r\n")
+        self.conn.send("EVALSHA", "x", 0)
+        d = self.conn.call("PING")
+        self.assertTrue(self.transport.reading)
+        self.conn.dataReceived(b":0\r\n")
+        self.assertTrue(self.transport.reading)
+        self.assertNoResult(d)
+        self.conn.dataReceived(b"+PONG\r\n")
+        self.assertEqual(self.successResultOf(d), b"PONG")
+        self.assertFalse(self.transport.reading)
+
+    def test_only_on_plain_sockets(self) -> None:
+        """On another transport (TLS) the connection reads all the time."""
+        self.conn._pausable = False
+        self.conn.send("EVALSHA", "x", 0)
+        self.conn.dataReceived(b":1\r\n")
+        self.assertTrue(self.transport.reading)
 
 
 class Direct(unittest.SynchronousTestCase):
