@@ -240,9 +240,11 @@ class CommandConnection(txredisapi.RedisProtocol, _Owned):
 
     def read_replies(self) -> None:
         """Read what Redis has answered so far (from the next reactor turn)."""
-        if not self.reading:
+        t = self.transport
+        if not self.reading and t.connected and not t.disconnecting:
+            # (A transport that is closing stopped reading for good.)
             self.reading = True
-            self.transport.startReading()
+            t.startReading()
 
     def connectionMade(self) -> None:
         self.waiting: deque[defer.Deferred[Any] | None] = deque()

@@ -131,6 +131,7 @@ class FakeTransport(StringTransport):
     def __init__(self) -> None:
         super().__init__()
         self.reading = True
+        self.connected = True
 
     def stopReading(self) -> None:
         self.reading = False
@@ -183,6 +184,14 @@ class ReadingOnDemand(unittest.SynchronousTestCase):
         self.assertNoResult(d)
         self.conn.dataReceived(b"+PONG\r\n")
         self.assertEqual(self.successResultOf(d), b"PONG")
+        self.assertFalse(self.transport.reading)
+
+    def test_not_once_closing(self) -> None:
+        """A connection being closed does not start reading again."""
+        self.conn.send("EVALSHA", "x", 0)
+        self.conn.dataReceived(b":1\r\n")
+        self.transport.loseConnection()
+        self.conn.read_replies()
         self.assertFalse(self.transport.reading)
 
     def test_only_on_plain_sockets(self) -> None:
