@@ -57,6 +57,7 @@ from presence.cluster.connection import (
     ConnectionFactory,
     RedisAddress,
     SubscriberConnection,
+    encode_text,
 )
 from presence.cluster.scripts import Script
 from presence.core.interfaces import IBus, IStateListener, Share, UserState
@@ -133,6 +134,11 @@ class RedisBus(service.Service):
         # Set by the server: end this node's sessions of a user (the admin
         # API's disconnect, from whichever node it was asked of).
         self.on_disconnect: Callable[[int], object] | None = None
+        # Set by the server: run a call once the reactor has handled the
+        # events of this turn (False: it is not handling any, use callLater).
+        # Cheaper than a callLater(0), and the turn's commands go out in
+        # this reactor iteration instead of the next.
+        self.at_turn_end: Callable[[Callable[[], None]], bool] | None = None
 
         # What this node holds.
         self._shares: dict[int, Share] = {}
@@ -276,8 +282,10 @@ class RedisBus(service.Service):
         turn = self._turn
         if turn is None:
             turn = self._turn = Turn()
-            self._turn_call = self._reactor.callLater(self.batch_delay,
-                                                      self._send_turn)
+            at_end = self.at_turn_end
+            if self.batch_delay or at_end is None or not at_end(self._send_turn):
+                self._turn_call = self._reactor.callLater(self.batch_delay,
+                                                          self._send_turn)
         if share is None:
             if had:
                 turn.changes.append(self._change(uid, "del", None, None, at))
@@ -302,8 +310,7 @@ class RedisBus(service.Service):
         commands, removed = turn.commands(self.incarnation, self._shares,
                                           self._apply_many)
         self.stats["applies"] += len(turn.changes)
-        for command in commands:
-            cmd.send(*command)
+        cmd.send_many([encode_text(c) for c in commands], len(commands))
         self.stats["apply_scripts"] += len(commands) - bool(turn.added)
         if removed:
             d = cmd.call("SREM", scripts.users_key(self.incarnation),
@@ -866,6 +873,8 @@ class RedisBus(service.Service):
                 self._ping_sent = now
                 self._send(sub.ping())
         cmd = self._cmd
+        if cmd is not None:
+            cmd.read_replies()  # (errors of the scripts sent since the last tick)
         if cmd is None or not self._registered or self._recovering:
             return  # (the recovery refreshes the liveness itself)
         if self._beat_sent is not None:

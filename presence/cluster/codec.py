@@ -7,9 +7,23 @@ from presence.core.interfaces import Share, UserState
 _EMPTY: frozenset[int] = frozenset()
 
 
+# The last time formatted: a change formats its time up to three times (the
+# status write's, the change's, and the write's in the share), and formatting
+# a float is most of what encoding a change for the scripts costs.
+_last_at = 0.0
+_last_text = "0.000000"
+
+
 def format_at(at: float) -> str:
     """A time as the scripts store it (Unix seconds, microseconds)."""
-    return f"{at:.6f}"
+    global _last_at, _last_text
+    if at == _last_at:
+        return _last_text
+    if not at:
+        return "0.000000"  # (a share's ended_at while it has sessions)
+    text = f"{at:.6f}"
+    _last_at, _last_text = at, text
+    return text
 
 
 def encode_listed(listed: frozenset[int]) -> str:

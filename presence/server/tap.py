@@ -30,6 +30,7 @@ from presence.server.proxied import PREFIX, GatedEndpoint, is_proxied
 from presence.server.service import PresenceService
 from presence.server.session import Session
 from presence.server.signals import SignalService
+from presence.server.turn import turn_end
 from presence.server.web.resources import web_root
 from presence.server.web.websocket import websocket_resource
 from presence.wire.tokens import TokenVerifier, read_secrets, weakness
@@ -359,6 +360,9 @@ def makeService(options: Options) -> IService:
     server = Server(reactor, config, verifier, bus)
     if bus is not None:
         bus.on_disconnect = server.disconnect
+        end = turn_end(reactor)
+        if end is not None:
+            bus.at_turn_end = end.later
     service.add_front_end(
         options["endpoint"], LineFactory(server), _scheme(options["port"]),
         options["port"],

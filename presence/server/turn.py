@@ -67,6 +67,13 @@ class TurnEnd:
         self.dispatching = False
         reactor.doIteration = MethodType(_do_poll, self)
 
+    def later(self, call: Callable[[], None]) -> bool:
+        """Run C{call} once the reactor has handled this poll's events, if
+        it is handling them now (True); else do nothing (False)."""
+        if self.dispatching:
+            self.pending.append(call)
+        return self.dispatching
+
     def uninstall(self) -> None:
         """Give the reactor its own poll back."""
         del self._reactor.doIteration

@@ -31,6 +31,7 @@ from presence.cluster.redisserver import (
 )
 from presence.core.bus import MemoryHub
 from presence.core.interfaces import IStateListener, Share, UserState
+from presence.server import turn
 from presence.wire import StatusChange
 
 T = TypeVar("T")
@@ -152,13 +153,18 @@ class RedisCase(unittest.TestCase):
 class SameAsMemoryHub(RedisCase):
     """Two Redis nodes compute what MemoryHub computes for the same calls."""
 
-    async def run_ops(self, seed: int, steps: int, per_turn: int = 1) -> None:
+    async def run_ops(
+        self, seed: int, steps: int, per_turn: int = 1,
+        at_turn_end: Callable[[Callable[[], None]], bool] | None = None,
+    ) -> None:
         """C{steps} random calls; up to C{per_turn} publishes of one node in
-        a row are made in one reactor turn (its bus sends them together)."""
+        a row are made in one reactor turn (its bus sends them together),
+        at the end of the turn through C{at_turn_end} if given."""
         rng = random.Random(seed)
         uids = list(range(1, 7))
         a, la = await self.node(f"a{seed}")
         b, lb = await self.node(f"b{seed}")
+        a.at_turn_end = b.at_turn_end = at_turn_end
         hub = MemoryHub()
         ma, mb = hub.bus(a.node), hub.bus(b.node)
         ra, rb = Listener(), Listener()
@@ -261,6 +267,26 @@ class SameAsMemoryHub(RedisCase):
         for seed in range(5, 10):
             await self.run_ops(seed, 250, per_turn=8)
             self.redis.command("FLUSHALL")
+
+    @async_test
+    async def test_random_calls_at_turn_end(self) -> None:
+        """The same, batched, with each node's turn sent by the server's
+        turn end (presence.server.turn) instead of a callLater: the same
+        states as MemoryHub's."""
+        end = turn.turn_end(reactor)
+        if end is None:
+            raise unittest.SkipTest("this reactor has no turn end")
+        self.addCleanup(end.uninstall)
+        taken: list[bool] = []
+
+        def later(call: Callable[[], None]) -> bool:
+            taken.append(end.later(call))
+            return taken[-1]
+
+        for seed in range(10, 13):
+            await self.run_ops(seed, 250, per_turn=8, at_turn_end=later)
+            self.redis.command("FLUSHALL")
+        self.assertIn(True, taken)
 
     @async_test
     async def test_versions_grow_across_absence(self) -> None:
@@ -391,6 +417,40 @@ class Batching(RedisCase):
         await self.sync(a, b)
         self.assertEqual(a.stats["apply_scripts"] - scripts_before, 1)
         self.assertEqual(set(lb.view), {1, 2, 3})
+
+    @async_test
+    async def test_turn_end(self) -> None:
+        """With the server's turn end, a turn's changes wait for it (no
+        timed call), then go out as one script; where the turn end refuses
+        (no events being handled), a callLater sends them."""
+        a, _ = await self.node("a")
+        b, lb = await self.node("b")
+        b.follow([1, 2, 3])
+        await self.sync(a, b)
+        pending: list[Callable[[], None]] = []
+
+        def later(call: Callable[[], None]) -> bool:
+            pending.append(call)
+            return True
+
+        a.at_turn_end = later
+        scripts_before = a.stats["apply_scripts"]
+        a.publish(1, Share(1), None, 1.0)
+        a.publish(2, Share(1), None, 1.0)
+        self.assertIsNone(a._turn_call)
+        await task.deferLater(reactor, 0.01, lambda: None)  # another turn
+        self.assertIsNone(self.redis.command("HGET", scripts.user_key(1),
+                                             scripts.STATE))
+        self.assertEqual(len(pending), 1)
+        pending.pop()()
+        await self.sync(a, b)
+        self.assertEqual(a.stats["apply_scripts"] - scripts_before, 1)
+        self.assertEqual(set(lb.view), {1, 2})
+        a.at_turn_end = lambda call: False
+        a.publish(3, Share(1), None, 1.0)
+        self.assertIsNotNone(a._turn_call)
+        await lb.until(lambda: set(lb.view) == {1, 2, 3}, 10)
+        self.assertEqual(pending, [])
 
     @async_test
     async def test_unix_socket(self) -> None:
@@ -828,6 +888,9 @@ class _RefusingCommands:
         self.calls.append(args)
         return defer.fail(txredisapi.ResponseError("OOM command not allowed"))
 
+    def read_replies(self) -> None:
+        pass
+
 
 class HeartbeatRefused(unittest.SynchronousTestCase):
     def test_beats_again(self) -> None:
@@ -845,6 +908,34 @@ class HeartbeatRefused(unittest.SynchronousTestCase):
             clock.advance(bus.interval)
         self.assertEqual(len(cmd.calls), 3)
         self.assertEqual(len(self.flushLoggedErrors(txredisapi.ResponseError)), 3)
+
+
+class _Commands:
+    """A command connection that counts read_replies."""
+
+    received = 0
+    counted = 0
+    heard = 0.0
+    reads = 0
+
+    def read_replies(self) -> None:
+        self.reads += 1
+
+
+class ReadsReplies(unittest.SynchronousTestCase):
+    def test_every_tick(self) -> None:
+        """Every heartbeat tick reads the replies to the scripts sent since
+        the last one (the command connection does not read them as they
+        come), connected and registered or not."""
+        clock = task.Clock()
+        bus = RedisBus(RedisAddress.parse("redis://127.0.0.1:1/0"), "n", 10.0,
+                       reactor=clock)
+        cmd = _Commands()
+        bus._cmd = cmd  # type: ignore[assignment]
+        for _ in range(3):
+            bus._tick()
+            clock.advance(bus.interval)
+        self.assertEqual(cmd.reads, 3)
 
 
 class Silence(unittest.SynchronousTestCase):

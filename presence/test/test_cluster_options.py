@@ -12,6 +12,7 @@ from presence.cluster.codec import (
     decode_state,
     encode_listed,
     encode_share,
+    format_at,
     share_kept,
 )
 from presence.cluster.connection import RedisAddress
@@ -149,6 +150,13 @@ class Codec(unittest.TestCase):
             encode_share(Share(0, frozenset(), 5.5), 1.0, ("away", True, "a|b", 2.0)),
             "0|5.500000|1.000000||2.000000|away|1|a|b",
         )
+
+    def test_format_at(self) -> None:
+        """Times are written with six decimals, whatever was formatted
+        before (the last one is remembered)."""
+        for at in (0.0, 1.5, 1.5, 0.0, 1733550000.123456, 2.0,
+                   1733550000.123456, 1e-7, 1e-7):
+            self.assertEqual(format_at(at), f"{at:.6f}")
 
     def test_share_kept(self) -> None:
         """The length of a share's first four fields: what stays when only

@@ -129,6 +129,24 @@ class TurnEndTests(SynchronousTestCase):
         self.assertFalse(end.dispatching)
         self.assertEqual(end.pending, [])
 
+    def test_later(self) -> None:
+        """later() takes a call only while the reactor handles a poll's
+        events (True), and runs it after them; outside (a timed call, or no
+        turn at all) it refuses (False) and nothing runs."""
+        end = turn.turn_end(self.reactor)
+        assert end is not None
+        self.addCleanup(end.uninstall)
+        taken: list[bool] = []
+
+        def read() -> None:
+            taken.append(end.later(lambda: self.log.append("later")))
+
+        self.assertFalse(end.later(lambda: self.log.append("refused")))
+        a = self.reader("a", read)
+        a.peer.send(b"x")
+        self.reactor.doIteration(0)
+        self.assertEqual((self.log, taken), (["read a", "later"], [True]))
+
     def test_failing_call_spares_the_others(self) -> None:
         """A call that raises is logged; the calls after it still run."""
         end = turn.turn_end(self.reactor)
