@@ -13,6 +13,7 @@ v0"); any line in that time makes it v1.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.internet.interfaces import (
@@ -68,7 +69,7 @@ class LineProtocol(Protocol):
     # Tens of thousands of these sit idle: no __dict__ (Protocol's own
     # attributes included).
     __slots__ = (
-        "_counted", "_decided", "_direct", "_framer", "_held", "_max_line",
+        "_counted", "_decided", "_fd", "_framer", "_held", "_max_line",
         "_v0_timer", "connected", "factory", "host", "session", "transport",
     )
 
@@ -79,7 +80,7 @@ class LineProtocol(Protocol):
         # Our own framer only while a message is unfinished; between
         # messages (nearly always) the shared one for our limit serves.
         self._framer: Framer | None = None
-        self._direct = False
+        self._fd = -1  # the socket's, while writes may bypass the transport
         self._max_line = 0
         self._counted = 0  # of the framer's pending bytes, in Server.unfinished
         # v1 or v0 is decided on the first message: until then None; while
@@ -103,7 +104,8 @@ class LineProtocol(Protocol):
             self.transport.setTcpNoDelay(True)
         if server.config.heartbeat == "tcp":
             keepalive.enable(self.transport, server.config.timeout)
-        self._direct = supported(self.transport)
+        if supported(self.transport):
+            self._fd = self.transport.fileno()
         peer: IAddress = self.transport.getPeer()
         self.host = host_of(peer)
         self.session = Session(server, self)
@@ -229,13 +231,14 @@ class LineProtocol(Protocol):
     def write(self, data: bytes) -> None:
         # writer.write_now, inlined (a call less per delivery).
         t = self.transport
-        if not self._direct or (
+        fd = self._fd
+        if fd < 0 or (
             t._tempDataLen or t.dataBuffer or not t.connected or t.disconnecting
         ):
             t.write(data)
             return
         try:
-            sent = t.socket.send(data)
+            sent = _send(fd, data)
         except OSError:
             t.write(data)
             return
@@ -256,6 +259,9 @@ class LineProtocol(Protocol):
     def resume_reading(self) -> None:
         self.transport.resumeProducing()
 
+
+# The direct write (a module global: one lookup; tests count its calls).
+_send = os.write
 
 # A framer between messages holds no state: one per --max-line serves every
 # connection that is between messages.  A connection takes it (and a new one

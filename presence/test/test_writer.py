@@ -70,7 +70,7 @@ class DirectWriterTests(TestCase):
         """A write on an idle TCP connection leaves nothing queued in Twisted."""
         server, sink = yield self.connect()
         self.assertIsInstance(server.transport, tcp.Server)
-        writer.write_now(server.transport, b"hello\n")
+        writer.write_now(server.transport, server.transport.fileno(), b"hello\n")
         self.assertEqual(server.transport.dataBuffer, b"")
         self.assertEqual(server.transport._tempDataLen, 0)
         sink.expected = 6
@@ -86,7 +86,7 @@ class DirectWriterTests(TestCase):
         sink.transport.pauseProducing()
         lines = [b"%06d:" % i + b"x" * 1000 + b"\n" for i in range(3000)]
         for line in lines:
-            writer.write_now(server.transport, line)
+            writer.write_now(server.transport, server.transport.fileno(), line)
         # The kernel buffers filled up: the rest is queued in Twisted.
         self.assertTrue(server.transport._tempDataLen or server.transport.dataBuffer)
         sink.expected = sum(map(len, lines))
@@ -101,7 +101,7 @@ class DirectWriterTests(TestCase):
         )
         sink.expected += 4
         sink.done = defer.Deferred()
-        writer.write_now(server.transport, b"end\n")
+        writer.write_now(server.transport, server.transport.fileno(), b"end\n")
         self.assertEqual(
             (server.transport.dataBuffer, server.transport._tempDataLen), (b"", 0)
         )
