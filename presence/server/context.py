@@ -49,8 +49,15 @@ class Server:
         self.clock = clock
         self.config = config = config or Config()
         self.verifier = verifier
+        # (session imports this module: imported here, not at the top.)
+        from presence.server.session import deliver_all
+
         self.registry = Registry(
-            clock, offline_grace=config.offline_grace, mutual=config.mutual, bus=bus
+            clock,
+            offline_grace=config.offline_grace,
+            mutual=config.mutual,
+            bus=bus,
+            fanout=deliver_all,
         )
         self.deadlines = Deadlines(clock, config.timer_slack)
         # Sessions with lines to write when this reactor turn ends.

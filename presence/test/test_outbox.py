@@ -16,7 +16,7 @@ from presence.server import lines
 from presence.server.context import Server
 from presence.server.lines import LineFactory, LineProtocol
 from presence.server.service import PresenceService
-from presence.server.session import FLUSH_EARLY, Session
+from presence.server.session import FLUSH_EARLY, Session, deliver_all
 from presence.server.web import wsframes
 from presence.test.support import Harness, one_turn
 from presence.test.test_loopback import LineClient
@@ -27,6 +27,19 @@ def status(text: str) -> dict[str, str]:
     return {"type": "status", "status": "away", "text": text}
 
 
+def count_writes(case: SynchronousTestCase, client: Any) -> list[bytes]:
+    """Record every write on C{client}'s server-side transport from now on."""
+    writes: list[bytes] = []
+    original = client.transport.write
+
+    def write(data: bytes) -> None:
+        writes.append(data)
+        original(data)
+
+    case.patch(client.transport, "write", write)
+    return writes
+
+
 class WriteTurnTests(SynchronousTestCase):
     """What a session is given in one reactor turn goes out in one write."""
 
@@ -34,16 +47,7 @@ class WriteTurnTests(SynchronousTestCase):
     close_writes = 0
 
     def count_writes(self, client: Any) -> list[bytes]:
-        """Record every write on C{client}'s server-side transport from now on."""
-        writes: list[bytes] = []
-        original = client.transport.write
-
-        def write(data: bytes) -> None:
-            writes.append(data)
-            original(data)
-
-        self.patch(client.transport, "write", write)
-        return writes
+        return count_writes(self, client)
 
     def watched_by(self, h: Harness, n: int) -> tuple[Any, list[Any]]:
         """A watcher of users 1..n, all logged in, its snapshot read."""
@@ -203,6 +207,105 @@ class WriteTurnTests(SynchronousTestCase):
         self.assertEqual(
             watcher.received()[-1]["error"], int(ErrorCode.SLOW_CONSUMER)
         )
+
+
+class FanoutTests(SynchronousTestCase):
+    """An event for several watchers goes through the server's fan-out loop
+    (L{deliver_all}), which does L{Session.deliver}'s work inline: each
+    watcher must end up with what C{deliver} would have given it."""
+
+    def watchers(self, h: Harness, n: int) -> tuple[Any, list[Any]]:
+        """User 1 and n watchers of it (users 101..), their snapshots read."""
+        talker = h.login(1)
+        watchers = [h.login(100 + i, [1]) for i in range(1, n + 1)]
+        return talker, watchers
+
+    def test_each_watcher_once_each_counted_once(self) -> None:
+        """Three watchers get the event once each, in one write each, and
+        the server counts three deliveries."""
+        h = Harness()
+        talker, watchers = self.watchers(h, 3)
+        before = h.server.metrics.deliveries
+        talker.send(status("hi"))
+        one_turn(h.clock)
+        self.assertEqual(h.server.metrics.deliveries - before, 3)
+        for watcher in watchers:
+            self.assertEqual([m["text"] for m in watcher.received()], ["hi"])
+
+    def test_several_events_in_order(self) -> None:
+        """Events of one turn reach every watcher in order, in one write."""
+        h = Harness()
+        talker, watchers = self.watchers(h, 2)
+        writes = [count_writes(self, w) for w in watchers]
+        talker.send(*[status(t) for t in ("a", "b", "c")])
+        one_turn(h.clock)
+        self.assertEqual([len(w) for w in writes], [1, 1])
+        for watcher in watchers:
+            self.assertEqual(
+                [m["text"] for m in watcher.received()], ["a", "b", "c"]
+            )
+
+    def test_closing_watcher_gets_nothing_and_is_not_counted(self) -> None:
+        """A watcher that is closing is skipped and not counted."""
+        h = Harness()
+        talker, (open_, closing) = self.watchers(h, 2)
+        closing.session.closing = True
+        before = h.server.metrics.deliveries
+        talker.send(status("hi"))
+        one_turn(h.clock)
+        self.assertEqual(h.server.metrics.deliveries - before, 1)
+        self.assertEqual([m["text"] for m in open_.received()], ["hi"])
+        self.assertEqual(closing.received(), [])
+
+    def test_large_turn_goes_out_early_for_each(self) -> None:
+        """Each watcher's lines reach its transport once they pass
+        FLUSH_EARLY, before the turn ends, all of them in order."""
+        h = Harness(turn_budget=10_000)
+        talker, watchers = self.watchers(h, 2)
+        writes = [count_writes(self, w) for w in watchers]
+        texts = [f"{i:04d}" + "x" * 250 for i in range(600)]
+        talker.send(*[status(t) for t in texts])
+        for written in writes:
+            self.assertGreater(len(written), 0)
+            for data in written:
+                self.assertGreaterEqual(len(data), FLUSH_EARLY)
+        one_turn(h.clock)
+        for watcher in watchers:
+            self.assertEqual([m["text"] for m in watcher.received()], texts)
+
+    def test_paused_watcher_among_others(self) -> None:
+        """A paused watcher passing --max-buffer gets error 14 and is
+        aborted in the turn; the other watcher gets every event."""
+        h = Harness(max_buffer=1000)
+        talker, (paused, reading) = self.watchers(h, 2)
+        paused.proto.pauseProducing()
+        texts = [str(i) * 50 for i in range(20)]
+        talker.send(*[status(t) for t in texts])
+        one_turn(h.clock)
+        self.assertTrue(paused.aborted)
+        self.assertEqual(paused.received()[-1]["error"], int(ErrorCode.SLOW_CONSUMER))
+        self.assertFalse(reading.aborted)
+        self.assertEqual([m["text"] for m in reading.received()], texts)
+        paused.lose()
+        self.assertEqual(h.server.unsent, 0)
+
+    def test_other_sessions_through_deliver(self) -> None:
+        """What is not a L{Session} is given the event through its deliver."""
+        h = Harness()
+        _, (watcher,) = self.watchers(h, 1)
+        got: list[bytes] = []
+
+        class Other:
+            def deliver(self, data: bytes) -> None:
+                got.append(data)
+
+        before = h.server.metrics.deliveries
+        others: list[Any] = [Other(), watcher.session, Other()]
+        deliver_all(others, b'{"x":1}\n')
+        one_turn(h.clock)
+        self.assertEqual(got, [b'{"x":1}\n'] * 2)
+        self.assertEqual(watcher.transport.value(), b'{"x":1}\n')
+        self.assertEqual(h.server.metrics.deliveries - before, 1)
 
 
 class WriteTurnOverWebSocketTests(WriteTurnTests):
