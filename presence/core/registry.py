@@ -79,10 +79,10 @@ def _share(sessions: int, listed: frozenset[int], ended_at: float) -> Share:
 
 # How one event reaches several sessions (Registry's fanout): by default
 # each session's deliver; a server passes its own, cheaper loop.
-Fanout = Callable[[Iterable[ISession], bytes], None]
+Fanout = Callable[[Sequence[ISession], bytes], None]
 
 
-def deliver_each(sessions: Iterable[ISession], data: bytes) -> None:
+def deliver_each(sessions: Sequence[ISession], data: bytes) -> None:
     """C{session.deliver(data)} for each of C{sessions}."""
     for session in sessions:
         session.deliver(data)
@@ -146,10 +146,10 @@ class Registry:
         offline_grace: float = 0.0,
         mutual: bool = False,
         bus: IBus | None = None,
-        fanout: Fanout = deliver_each,
+        fanout: Fanout | None = None,
     ) -> None:
         self.clock = clock
-        self._fanout = fanout
+        self._fanout = fanout or deliver_each
         self.offline_grace = offline_grace
         self.mutual = mutual
         self.bus: IBus = bus if bus is not None else MemoryHub().bus()

@@ -16,7 +16,8 @@ close failsafe as plain C{callLater}s.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
@@ -24,7 +25,7 @@ from zope.interface import Attribute, Interface, implementer
 
 from presence import wire
 from presence.core.interfaces import ISession
-from presence.core.registry import IdList, id_list
+from presence.core.registry import Fanout, IdList, id_list
 from presence.server.context import Server
 from presence.server.v0 import V0Replies
 from presence.wire.errors import NOT_FATAL_AFTER_LOGIN, ErrorCode, ProtocolError
@@ -553,46 +554,45 @@ class Session:
         self._failsafe = self.server.clock.callLater(CLOSE_FAILSAFE, self.peer.abort)
 
 
-def deliver_all(sessions: Iterable[ISession], data: bytes) -> None:
-    """C{session.deliver(data)} for each of C{sessions}: the registry's
-    fan-out of one event (L{presence.core.registry.Fanout}).
+def fanout_for(server: Server) -> Fanout:
+    """The fan-out of C{server}'s registry: one event to several of its
+    sessions (L{presence.core.registry.Fanout}).
 
-    For a L{Session} that is open, pushed to and not paused (nearly every
-    one) the work of L{Session.deliver} is done here, in the loop: a Python
-    call less per delivery, and the deliveries counted once.  Anything else
-    goes through C{deliver}.
+    It does the work of L{Session.deliver} in its loop for a session that is
+    open, pushed to and not paused (nearly every one): a Python call less
+    per delivery, the outbox's list and flush looked up once per event, and
+    the deliveries counted once.  Any other session gets C{deliver}.
     """
-    count = 0
-    server: Server | None = None
-    for s in sessions:
-        if type(s) is not Session or s.closing or s.v0 is not None or s._paused:
-            s.deliver(data)
-            continue
-        count += 1
-        out = s._out
-        if out is None:
-            s._out = data
-            if server is None:
-                server = s.server
-            outbox = server.outbox
-            outbox.dirty.append(s)
-            if outbox.call is None:
-                outbox.schedule()
-            continue
-        if type(out) is bytes:
-            s._out = [out, data]
-            size = len(out) + len(data)
-        else:
-            # A list (mypy does not narrow by type() in an else branch).
-            out.append(data)  # type: ignore[union-attr]
-            size = s._out_size + len(data)
-        s._out_size = size
-        if size >= FLUSH_EARLY:
-            s.flush()
-        if server is None:
-            server = s.server
-    if server is not None:
-        server.metrics.deliveries += count  # also fair share's work
+    outbox, metrics = server.outbox, server.metrics
+
+    # (Any: the registry types them as ISession; a server's are Sessions.)
+    def deliver_all(sessions: Sequence[Any], data: bytes) -> None:
+        if outbox.call is None:
+            outbox.schedule()  # at most an empty flush if nobody is added
+        push = outbox.dirty.append
+        slow = 0
+        for s in sessions:
+            if s.closing or s.v0 is not None or s._paused:
+                s.deliver(data)
+                slow += 1
+                continue
+            out = s._out
+            if out is None:
+                s._out = data
+                push(s)
+                continue
+            if type(out) is bytes:
+                s._out = [out, data]
+                size = len(out) + len(data)
+            else:
+                out.append(data)
+                size = s._out_size + len(data)
+            s._out_size = size
+            if size >= FLUSH_EARLY:
+                s.flush()
+        metrics.deliveries += len(sessions) - slow  # also fair share's work
+
+    return deliver_all
 
 
 def unfinished_too_much() -> ProtocolError:

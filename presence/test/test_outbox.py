@@ -16,7 +16,7 @@ from presence.server import lines
 from presence.server.context import Server
 from presence.server.lines import LineFactory, LineProtocol
 from presence.server.service import PresenceService
-from presence.server.session import FLUSH_EARLY, Session, deliver_all
+from presence.server.session import FLUSH_EARLY, Session
 from presence.server.web import wsframes
 from presence.test.support import Harness, one_turn
 from presence.test.test_loopback import LineClient
@@ -211,8 +211,9 @@ class WriteTurnTests(SynchronousTestCase):
 
 class FanoutTests(SynchronousTestCase):
     """An event for several watchers goes through the server's fan-out loop
-    (L{deliver_all}), which does L{Session.deliver}'s work inline: each
-    watcher must end up with what C{deliver} would have given it."""
+    (L{presence.server.session.fanout_for}), which does L{Session.deliver}'s
+    work inline: each watcher must end up with what C{deliver} would have
+    given it."""
 
     def watchers(self, h: Harness, n: int) -> tuple[Any, list[Any]]:
         """User 1 and n watchers of it (users 101..), their snapshots read."""
@@ -289,22 +290,18 @@ class FanoutTests(SynchronousTestCase):
         paused.lose()
         self.assertEqual(h.server.unsent, 0)
 
-    def test_other_sessions_through_deliver(self) -> None:
-        """What is not a L{Session} is given the event through its deliver."""
+    def test_v0_watcher_through_deliver(self) -> None:
+        """A v0 watcher's event is queued for its next poll (deliver's
+        work), not pushed, and not counted as a delivery."""
         h = Harness()
-        _, (watcher,) = self.watchers(h, 1)
-        got: list[bytes] = []
-
-        class Other:
-            def deliver(self, data: bytes) -> None:
-                got.append(data)
-
+        talker, (pushed, polled) = self.watchers(h, 2)
+        polled.session.use_v0()
         before = h.server.metrics.deliveries
-        others: list[Any] = [Other(), watcher.session, Other()]
-        deliver_all(others, b'{"x":1}\n')
+        talker.send(status("hi"))
         one_turn(h.clock)
-        self.assertEqual(got, [b'{"x":1}\n'] * 2)
-        self.assertEqual(watcher.transport.value(), b'{"x":1}\n')
+        self.assertEqual([m["text"] for m in pushed.received()], ["hi"])
+        self.assertEqual(polled.transport.value(), b"")
+        self.assertGreater(polled.session.v0.pending, 0)
         self.assertEqual(h.server.metrics.deliveries - before, 1)
 
 
