@@ -40,6 +40,9 @@ from presence.wire import keepalive
 from presence.wire.errors import ProtocolError
 from presence.wire.framing import LINE, Framer
 
+# Byte values (an int to find() skips the buffer protocol).
+_NL, _LBRACE, _RBRACE = 0x0A, 0x7B, 0x7D
+
 # How long a login object may wait for its "\n" before the connection is
 # taken for a v0 one (a v0 client sends nothing more until it is answered).
 V0_WAIT = 0.1
@@ -140,6 +143,21 @@ class LineProtocol(Protocol):
             if keepalive[0]:
                 session.deliver(keepalive[0])
             return
+        if self._decided and self._framer is None:
+            # A whole read that is one line of one object, "{...}\n" with
+            # no "}" before its last (as a busy client's status change
+            # nearly always is): what the framer makes of it (its own
+            # shortcut), without the framer, and with no unfinished bytes
+            # to account before or after it.
+            n = len(data)
+            if (
+                2 < n <= self._max_line + 1
+                and data[0] == _LBRACE
+                and data.find(_RBRACE) == n - 2
+                and data.find(_NL) == n - 1
+            ):
+                session.received([data[:-1]])
+                return
         payloads: list[bytes] = []
         framer = self._framer or _shared(self._max_line)
         try:
