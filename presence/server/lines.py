@@ -35,7 +35,7 @@ from presence.server.session import (
     login_line_too_long,
     unfinished_too_much,
 )
-from presence.server.writer import supported
+from presence.server.writer import direct_fd
 from presence.wire import keepalive
 from presence.wire.errors import ProtocolError
 from presence.wire.framing import LINE, Framer
@@ -107,8 +107,7 @@ class LineProtocol(Protocol):
             self.transport.setTcpNoDelay(True)
         if server.config.heartbeat == "tcp":
             keepalive.enable(self.transport, server.config.timeout)
-        if supported(self.transport):
-            self._fd = self.transport.fileno()
+        self._fd = direct_fd(self.transport)
         peer: IAddress = self.transport.getPeer()
         self.host = host_of(peer)
         self.session = Session(server, self)

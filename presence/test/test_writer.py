@@ -66,6 +66,17 @@ class DirectWriterTests(TestCase):
         self.assertTrue(writer.supported(server.transport))
 
     @defer.inlineCallbacks
+    def test_direct_fd(self):
+        """direct_fd gives the socket's descriptor, and leaves the two
+        buffer attributes the writer reads on the instance, at the values
+        Twisted starts with (so that reading them is not a class lookup)."""
+        server, _ = yield self.connect()
+        t = server.transport
+        self.assertNotIn("dataBuffer", vars(t))
+        self.assertEqual(writer.direct_fd(t), t.fileno())
+        self.assertEqual((vars(t)["dataBuffer"], vars(t)["disconnecting"]), (b"", 0))
+
+    @defer.inlineCallbacks
     def test_sends_at_once(self):
         """A write on an idle TCP connection leaves nothing queued in Twisted."""
         server, sink = yield self.connect()
@@ -113,3 +124,4 @@ class FallbackTests(SynchronousTestCase):
     def test_other_transports(self) -> None:
         """Transports that are not plain TCP servers are not written to directly."""
         self.assertFalse(writer.supported(StringTransport()))
+        self.assertEqual(writer.direct_fd(StringTransport()), -1)

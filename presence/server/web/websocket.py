@@ -70,7 +70,7 @@ from presence.server.web.wsframes import (
     readable,
     wsproto_idle,
 )
-from presence.server.writer import supported, write_now
+from presence.server.writer import direct_fd, write_now
 from presence.wire import keepalive
 from presence.wire.errors import ErrorCode, ProtocolError
 
@@ -152,8 +152,7 @@ class WebSocketPeer:
             channel.requests.clear()
         if ITCPTransport.providedBy(self.tcp):
             self.tcp.setTcpNoDelay(True)
-        if supported(self.tcp):
-            self._fd = self.tcp.fileno()
+        self._fd = direct_fd(self.tcp)
         self._reads = readable(self.ws)
         # Count what arrives before Twisted's wire protocol buffers it.
         inner = channel.dataReceived
