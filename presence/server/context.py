@@ -49,12 +49,12 @@ class Server:
         self.clock = clock
         self.config = config = config or Config()
         self.verifier = verifier
-        # Sessions with lines to write when this reactor turn ends.
-        self.outbox = Outbox(clock)
-        self.metrics = Metrics()
         # (session imports this module: imported here, not at the top.)
-        from presence.server.session import fanout_for
+        from presence.server.session import fanout_for, flush_all
 
+        # Sessions with lines to write when this reactor turn ends.
+        self.outbox = Outbox(clock, flush_all)
+        self.metrics = Metrics()
         self.registry = Registry(
             clock,
             offline_grace=config.offline_grace,
