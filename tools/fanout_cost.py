@@ -129,6 +129,7 @@ class Client:
         self.buf = b""
         self.welcomed = False
         self.pongs = 0
+        self.pings = 0  # the server's, answered
         self.presence = 0
         self.received = 0  # bytes
 
@@ -163,6 +164,9 @@ class Client:
                 self.welcomed = True
             elif kind == "pong":
                 self.pongs += 1
+            elif kind == "ping":
+                self.pings += 1
+                self.send(b'{"type":"pong"}')
             elif kind == "error":
                 raise RuntimeError(f"user {self.uid}: {message!r}")
 
@@ -266,6 +270,9 @@ class Driver:
     def received(self) -> int:
         return sum(c.received for c in self.clients.values())
 
+    def pinged(self) -> int:
+        return sum(c.pings for c in self.clients.values())
+
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
     """The process's user and system CPU time so far."""
@@ -362,6 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--changes", type=int, default=500)
     p.add_argument("--burst", type=int, default=1,
                    help="changes sent together, from distinct users (1: paced)")
+    p.add_argument("--idle", type=float, default=0.0,
+                   help="instead of changes, SECONDS of idle keep-alive: the "
+                   "clients answer the server's pings, and the figures are "
+                   "per ping answered (with --timeout: pings every timeout/2)")
+    p.add_argument("--timeout", type=float, default=3600.0,
+                   help="the server's --timeout")
     p.add_argument("--callgrind", action="store_true")
     p.add_argument("--strace", action="store_true")
     p.add_argument("--perf", action="store_true",
@@ -412,7 +425,7 @@ def start_presence(args: argparse.Namespace, prefix: list[str] | None,
                    workdir: Path, stack: contextlib.ExitStack) -> tuple[str, int, int]:
     """Start the presence server; its address and pid."""
     options = ["--port", "tcp:0:interface=127.0.0.1:backlog=4096",
-               "--timeout", "3600", "--max-per-ip", str(args.users + 10),
+               "--timeout", f"{args.timeout:g}", "--max-per-ip", str(args.users + 10),
                "--max-connections", str(args.users + 10), *args.server_arg]
     if args.transport == "websocket":
         options += ["--websocket", "tcp:0:interface=127.0.0.1"]
@@ -477,7 +490,12 @@ def measure(args: argparse.Namespace, driver: Driver, pid: int, workdir: Path) -
     user0, system0 = cpu_seconds(pid)
     start = driver.delivered()
     received = driver.received()
+    pinged = driver.pinged()
     wall = time.monotonic()
+    if args.idle:
+        rounds, expected = [], 0
+        until = wall + args.idle
+        driver.pump(lambda: time.monotonic() >= until)
     for n, burst_round in enumerate(rounds):
         want = driver.delivered() + sum(len(graph[u]) for u, _ in burst_round)
         for uid, status in burst_round:
@@ -518,6 +536,10 @@ def measure(args: argparse.Namespace, driver: Driver, pid: int, workdir: Path) -
     if delivered != expected:
         raise RuntimeError(f"{delivered} deliveries, {expected} expected")
     result["deliveries"] = delivered
+    if args.idle:
+        # Per ping answered: the figures below say "per delivery".
+        delivered = driver.pinged() - pinged
+        result["pings_answered"] = delivered
     result["bytes_per_delivery"] = round(received / delivered, 1)
     result["wall_s"] = round(wall, 3)
     if tracer is None:
