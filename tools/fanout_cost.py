@@ -32,6 +32,10 @@ per delivery).  C{--perf} counts C{read} and C{write} too (Redis's calls),
 and the clients count the bytes they received, so the report gives bytes
 and deliveries per send for either server.
 
+With C{--idle SECONDS} (and a short C{--timeout}) there are no changes:
+the clients answer the server's pings for that long, and every figure is
+per ping answered, the cost of one keep-alive cycle.
+
 Nothing here is a test: it is a measuring tool for docs/performance.rst.
 """
 
