@@ -321,15 +321,16 @@ class Session:
     # -- messages ------------------------------------------------------------
 
     def _handle(self, message: Message) -> None:
-        if isinstance(message, Login):
+        # A status change first: by far the commonest message of all.
+        if isinstance(message, Status):
+            self.server.registry.set_status(self, message.change)
+        elif isinstance(message, Login):
             if self.user_id is None:
                 self._login(message)
             else:
                 self._relogin(message)
         elif isinstance(message, Ping):
             self.deliver(wire.PONG)
-        elif isinstance(message, Status):
-            self.server.registry.set_status(self, message.change)
         elif isinstance(message, Friends):
             if message.friends is not None:
                 self._set_friends(message.friends)  # no set of the old list
