@@ -586,4 +586,3 @@ class ReferenceTests(SynchronousTestCase):
         same point."""
         for limit in range(len(raw) + 2):
             self.assertEqual(frame([raw], limit), reference(raw, limit), limit)
-
