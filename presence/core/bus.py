@@ -27,8 +27,11 @@ from zope.interface import implementer
 
 from presence.core.interfaces import IBus, IStateListener, Share, UserState
 from presence.wire import StatusChange
+from presence.wire.frozen import maker
 
 _EMPTY: frozenset[int] = frozenset()
+# UserState(...), built the faster way: one per change.
+_new_state = maker(UserState)
 
 
 class _Record:
@@ -291,11 +294,11 @@ class MemoryHub:
         state = old
         if news:
             self._version += 1
-            state = UserState(
+            state = _new_state(
                 uid, present, status, text, listed, sessions, last_seen, self._version
             )
         elif sessions != old.sessions:
-            state = UserState(
+            state = _new_state(
                 uid, present, status, text, listed, sessions, last_seen, old.version
             )
         if not present:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from array import array
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import repeat
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -75,6 +75,17 @@ def _share(sessions: int, listed: frozenset[int], ended_at: float) -> Share:
     if share is None:
         share = _PLAIN[sessions] = Share(sessions)
     return share
+
+
+# How one event reaches several sessions (Registry's fanout): by default
+# each session's deliver; a server passes its own, cheaper loop.
+Fanout = Callable[[Sequence[ISession], bytes], None]
+
+
+def deliver_each(sessions: Sequence[ISession], data: bytes) -> None:
+    """C{session.deliver(data)} for each of C{sessions}."""
+    for session in sessions:
+        session.deliver(data)
 
 
 def _each(watchers: _Watchers) -> tuple[ISession, ...]:
@@ -135,8 +146,10 @@ class Registry:
         offline_grace: float = 0.0,
         mutual: bool = False,
         bus: IBus | None = None,
+        fanout: Fanout | None = None,
     ) -> None:
         self.clock = clock
+        self._fanout = fanout or deliver_each
         self.offline_grace = offline_grace
         self.mutual = mutual
         self.bus: IBus = bus if bus is not None else MemoryHub().bus()
@@ -496,8 +509,10 @@ class Registry:
                 line = wire.offline(state.uid, state.last_seen)
             else:
                 return
-            for session in _each(watchers):
-                session.deliver(line)
+            if isinstance(watchers, (list, set)):
+                self._fanout(tuple(watchers), line)  # a copy: see _each
+            else:
+                watchers.deliver(line)
             return
         on_line = off_line = b""
         for session in _each(watchers):

@@ -49,13 +49,20 @@ class Server:
         self.clock = clock
         self.config = config = config or Config()
         self.verifier = verifier
+        # (session imports this module: imported here, not at the top.)
+        from presence.server.session import fanout_for, flush_all
+
+        # Sessions with lines to write when this reactor turn ends.
+        self.outbox = Outbox(clock, flush_all)
+        self.metrics = Metrics()
         self.registry = Registry(
-            clock, offline_grace=config.offline_grace, mutual=config.mutual, bus=bus
+            clock,
+            offline_grace=config.offline_grace,
+            mutual=config.mutual,
+            bus=bus,
+            fanout=fanout_for(self),
         )
         self.deadlines = Deadlines(clock, config.timer_slack)
-        # Sessions with lines to write when this reactor turn ends.
-        self.outbox = Outbox(clock)
-        self.metrics = Metrics()
         # Refusals are logged once per address and interval, then summed up.
         self.refusals = RefusalLimiter(clock)
         self.connections: set[Session] = set()

@@ -13,6 +13,7 @@ v0"); any line in that time makes it v1.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.internet.interfaces import (
@@ -34,10 +35,13 @@ from presence.server.session import (
     login_line_too_long,
     unfinished_too_much,
 )
-from presence.server.writer import supported
+from presence.server.writer import direct_fd
 from presence.wire import keepalive
 from presence.wire.errors import ProtocolError
 from presence.wire.framing import LINE, Framer
+
+# Byte values (an int to find() skips the buffer protocol).
+_NL, _LBRACE, _RBRACE = 0x0A, 0x7B, 0x7D
 
 # How long a login object may wait for its "\n" before the connection is
 # taken for a v0 one (a v0 client sends nothing more until it is answered).
@@ -68,7 +72,7 @@ class LineProtocol(Protocol):
     # Tens of thousands of these sit idle: no __dict__ (Protocol's own
     # attributes included).
     __slots__ = (
-        "_counted", "_decided", "_direct", "_framer", "_held", "_max_line",
+        "_counted", "_decided", "_fd", "_framer", "_held", "_max_line",
         "_v0_timer", "connected", "factory", "host", "session", "transport",
     )
 
@@ -79,7 +83,7 @@ class LineProtocol(Protocol):
         # Our own framer only while a message is unfinished; between
         # messages (nearly always) the shared one for our limit serves.
         self._framer: Framer | None = None
-        self._direct = False
+        self._fd = -1  # the socket's, while writes may bypass the transport
         self._max_line = 0
         self._counted = 0  # of the framer's pending bytes, in Server.unfinished
         # v1 or v0 is decided on the first message: until then None; while
@@ -103,7 +107,7 @@ class LineProtocol(Protocol):
             self.transport.setTcpNoDelay(True)
         if server.config.heartbeat == "tcp":
             keepalive.enable(self.transport, server.config.timeout)
-        self._direct = supported(self.transport)
+        self._fd = direct_fd(self.transport)
         peer: IAddress = self.transport.getPeer()
         self.host = host_of(peer)
         self.session = Session(server, self)
@@ -138,6 +142,21 @@ class LineProtocol(Protocol):
             if keepalive[0]:
                 session.deliver(keepalive[0])
             return
+        if self._decided and self._framer is None:
+            # A whole read that is one line of one object, "{...}\n" with
+            # no "}" before its last (as a busy client's status change
+            # nearly always is): what the framer makes of it (its own
+            # shortcut), without the framer, and with no unfinished bytes
+            # to account before or after it.
+            n = len(data)
+            if (
+                2 < n <= self._max_line + 1
+                and data[0] == _LBRACE
+                and data.find(_RBRACE) == n - 2
+                and data.find(_NL) == n - 1
+            ):
+                session.received([data[:-1]])
+                return
         payloads: list[bytes] = []
         framer = self._framer or _shared(self._max_line)
         try:
@@ -229,13 +248,14 @@ class LineProtocol(Protocol):
     def write(self, data: bytes) -> None:
         # writer.write_now, inlined (a call less per delivery).
         t = self.transport
-        if not self._direct or (
+        fd = self._fd
+        if fd < 0 or (
             t._tempDataLen or t.dataBuffer or not t.connected or t.disconnecting
         ):
             t.write(data)
             return
         try:
-            sent = t.socket.send(data)
+            sent = _send(fd, data)
         except OSError:
             t.write(data)
             return
@@ -256,6 +276,9 @@ class LineProtocol(Protocol):
     def resume_reading(self) -> None:
         self.transport.resumeProducing()
 
+
+# The direct write (a module global: one lookup; tests count its calls).
+_send = os.write
 
 # A framer between messages holds no state: one per --max-line serves every
 # connection that is between messages.  A connection takes it (and a new one

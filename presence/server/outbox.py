@@ -19,6 +19,7 @@ calls (pings, fair-share turns) still go out through C{callLater(0)}.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from twisted.internet.base import DelayedCall
@@ -39,6 +40,21 @@ class Flushable(Protocol):
         """Write out what was collected this turn (nothing, if nothing was)."""
 
 
+# How a flush writes out its sessions (Outbox's flush_all): by default each
+# one's flush; a server passes its own loop (Session.flush inlined).
+FlushAll = Callable[[list[Flushable]], None]
+
+
+def flush_each(sessions: list[Flushable]) -> None:
+    """C{session.flush()} for each of C{sessions}, in order."""
+    for session in sessions:
+        try:
+            session.flush()
+        except Exception:
+            # A bug in one front end must not keep the others' lines.
+            log.failure("writing a session's lines failed")
+
+
 class Outbox:
     """The sessions with lines to write at the end of this reactor turn.
 
@@ -48,10 +64,11 @@ class Outbox:
     may come again; its later C{flush} finds nothing and writes nothing.
     """
 
-    __slots__ = ("_clock", "_end", "call", "dirty")
+    __slots__ = ("_clock", "_end", "_flush_all", "call", "dirty")
 
-    def __init__(self, clock: IReactorTime) -> None:
+    def __init__(self, clock: IReactorTime, flush_all: FlushAll | None = None) -> None:
         self._clock = clock
+        self._flush_all = flush_all or flush_each
         self._end = turn_end(clock)
         self.dirty: list[Flushable] = []
         # How the flush is scheduled: a DelayedCall, AT_TURN_END, or None.
@@ -72,9 +89,4 @@ class Outbox:
         if isinstance(call, DelayedCall) and call.active():
             call.cancel()  # flushed ahead of its turn (tests, shutdown)
         dirty, self.dirty = self.dirty, []
-        for session in dirty:
-            try:
-                session.flush()
-            except Exception:
-                # A bug in one front end must not keep the others' lines.
-                log.failure("writing a session's lines failed")
+        self._flush_all(dirty)

@@ -21,25 +21,43 @@ context gave: a legacy log event from a handler, such as Twisted's own
 protocol's prefix; presence logs through C{twisted.logger}, which does not
 read it.
 
+The commonest event of all, input on a TCP connection and nothing else, is
+handled in the poll itself: C{_doReadOrWrite}'s read branch (the
+descriptor checked, C{doRead}, an error logged and the connection dropped
+as there) without the function and its four lookups of the reactor's class
+constants, which CPython 3.11 does the slow way.
+
 Like L{presence.server.writer} this leans on Twisted's internals (the epoll
-reactor's C{_poller}, C{_selectables} and C{_doReadOrWrite}).  Any other
-reactor, or an epoll reactor without them, is left as it is (L{turn_end}
-returns None) and the outbox uses C{callLater(0)}; C{presence.test.test_turn}
-fails if an upgrade changes them.
+reactor's C{_poller}, C{_selectables}, C{_doReadOrWrite} and
+C{_disconnectSelectable}).  Any other reactor, or an epoll reactor without
+them, is left as it is (L{turn_end} returns None) and the outbox uses
+C{callLater(0)}; C{presence.test.test_turn} fails if an upgrade changes
+them.
 """
 
 from __future__ import annotations
 
 import errno
+import sys
 from collections.abc import Callable
+from select import EPOLLIN
 from types import MethodType
 from typing import Any
 
+from twisted.internet import error, posixbase
+from twisted.internet.tcp import Server
 from twisted.logger import Logger
+from twisted.python import log as legacy_log
 
 log = Logger()
 
-_ATTRIBUTES = ("_poller", "_selectables", "_doReadOrWrite", "doIteration")
+# What _doReadOrWrite gives a selectable whose descriptor is -1.
+_NO_FILEDESC = getattr(
+    posixbase, "_NO_FILEDESC", error.ConnectionFdescWentAway("File descriptor lost")
+)
+
+_ATTRIBUTES = ("_poller", "_selectables", "_doReadOrWrite", "_disconnectSelectable",
+               "doIteration")
 
 
 def _epoll_reactor_class() -> type | None:
@@ -109,7 +127,23 @@ def _do_poll(end: TurnEnd, timeout: float | None) -> None:
     try:
         for fd, event in events:
             selectable = selectables.get(fd)
-            if selectable is not None:
+            if selectable is None:
+                continue
+            if event == EPOLLIN and type(selectable) is Server:
+                # A TCP connection with input and nothing else (nearly
+                # every event): _doReadOrWrite's read branch, without its
+                # four lookups of the reactor's class constants.
+                try:
+                    if selectable.fileno() == -1:
+                        why: object = _NO_FILEDESC
+                    else:
+                        why = selectable.doRead()
+                except BaseException:
+                    why = sys.exc_info()[1]
+                    legacy_log.err()
+                if why:
+                    reactor._disconnectSelectable(selectable, why, True)
+            else:
                 handle(selectable, fd, event)
     finally:
         end.dispatching = False

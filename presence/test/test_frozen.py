@@ -1,5 +1,6 @@
-"""quick_init (presence.wire.frozen): the same values as the dataclass's own
-constructor, still frozen; only classes it can handle are accepted."""
+"""quick_init and maker (presence.wire.frozen): the same values as the
+dataclass's own constructor, still frozen; only classes they can handle are
+accepted."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from presence.core.interfaces import UserState
 from presence.wire import StatusChange
-from presence.wire.frozen import quick_init
+from presence.wire.frozen import maker, quick_init
 from presence.wire.messages import Status
 
 
@@ -103,3 +104,59 @@ class QuickInitTests(SynchronousTestCase):
 
         for cls in (NotFrozen, NoSlots, Factory, PostInit):
             self.assertRaises(TypeError, quick_init, cls)
+
+
+class MakerTests(SynchronousTestCase):
+    """maker(cls): values built through the twin class are the class's own."""
+
+    def test_same_values(self) -> None:
+        """The made value is an instance of the class (exactly), with the
+        fields, equality, hash and repr of the class's own constructor."""
+        make = maker(Quick)
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+            ((1, "x"), {}),
+            ((1, "x", frozenset({2})), {}),
+            ((1,), {"b": "y", "d": b"z"}),
+        ]
+        for args, kwargs in calls:
+            made, quick = make(*args, **kwargs), Quick(*args, **kwargs)
+            self.assertIs(type(made), Quick)
+            self.assertEqual(values(made), values(quick))
+            self.assertEqual(made, quick)
+            self.assertEqual(hash(made), hash(quick))
+            self.assertEqual(repr(made), repr(quick))
+
+    def test_still_frozen(self) -> None:
+        """Assigning to a made value's field still raises."""
+        made = maker(Quick)(1, "x")
+        with self.assertRaises(dataclasses.FrozenInstanceError):
+            made.a = 2  # type: ignore[misc]
+
+    def test_bad_calls_refused(self) -> None:
+        """Missing and unknown arguments are TypeErrors."""
+        make = maker(Quick)
+        self.assertRaises(TypeError, make, 1)
+        self.assertRaises(TypeError, make, 1, "x", e=2)
+
+    def test_refuses_what_it_cannot_handle(self) -> None:
+        """A class that is not frozen and slotted is refused at once; a
+        plain frozen, slotted dataclass is made as its constructor makes it."""
+
+        @dataclass(slots=True)
+        class NotFrozen:
+            a: int
+
+        self.assertRaises(TypeError, maker, NotFrozen)
+        self.assertEqual(maker(Reference)(1, "x"), Reference(1, "x"))
+
+    def test_the_classes_that_use_it(self) -> None:
+        """UserState, StatusChange and Status made this way are theirs."""
+        state = maker(UserState)(7, True, "away", "t", frozenset({1}), 2, 3.5, 9)
+        self.assertIs(type(state), UserState)
+        self.assertEqual(
+            state, UserState(7, True, "away", "t", frozenset({1}), 2, 3.5, 9)
+        )
+        other = UserState(7, True, "away", "t", frozenset(), 1, 0.0, 1)
+        self.assertEqual(state.online_line(), other.online_line())
+        self.assertIs(type(maker(StatusChange)("busy", None)), StatusChange)
+        self.assertIs(type(maker(Status)(StatusChange(None, "x"))), Status)

@@ -12,6 +12,7 @@ import orjson
 from twisted.internet import defer, endpoints, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from presence.server import lines
 from presence.server.context import Server
 from presence.server.lines import LineFactory, LineProtocol
 from presence.server.service import PresenceService
@@ -26,6 +27,19 @@ def status(text: str) -> dict[str, str]:
     return {"type": "status", "status": "away", "text": text}
 
 
+def count_writes(case: SynchronousTestCase, client: Any) -> list[bytes]:
+    """Record every write on C{client}'s server-side transport from now on."""
+    writes: list[bytes] = []
+    original = client.transport.write
+
+    def write(data: bytes) -> None:
+        writes.append(data)
+        original(data)
+
+    case.patch(client.transport, "write", write)
+    return writes
+
+
 class WriteTurnTests(SynchronousTestCase):
     """What a session is given in one reactor turn goes out in one write."""
 
@@ -33,16 +47,7 @@ class WriteTurnTests(SynchronousTestCase):
     close_writes = 0
 
     def count_writes(self, client: Any) -> list[bytes]:
-        """Record every write on C{client}'s server-side transport from now on."""
-        writes: list[bytes] = []
-        original = client.transport.write
-
-        def write(data: bytes) -> None:
-            writes.append(data)
-            original(data)
-
-        self.patch(client.transport, "write", write)
-        return writes
+        return count_writes(self, client)
 
     def watched_by(self, h: Harness, n: int) -> tuple[Any, list[Any]]:
         """A watcher of users 1..n, all logged in, its snapshot read."""
@@ -204,6 +209,102 @@ class WriteTurnTests(SynchronousTestCase):
         )
 
 
+class FanoutTests(SynchronousTestCase):
+    """An event for several watchers goes through the server's fan-out loop
+    (L{presence.server.session.fanout_for}), which does L{Session.deliver}'s
+    work inline: each watcher must end up with what C{deliver} would have
+    given it."""
+
+    def watchers(self, h: Harness, n: int) -> tuple[Any, list[Any]]:
+        """User 1 and n watchers of it (users 101..), their snapshots read."""
+        talker = h.login(1)
+        watchers = [h.login(100 + i, [1]) for i in range(1, n + 1)]
+        return talker, watchers
+
+    def test_each_watcher_once_each_counted_once(self) -> None:
+        """Three watchers get the event once each, in one write each, and
+        the server counts three deliveries."""
+        h = Harness()
+        talker, watchers = self.watchers(h, 3)
+        before = h.server.metrics.deliveries
+        talker.send(status("hi"))
+        one_turn(h.clock)
+        self.assertEqual(h.server.metrics.deliveries - before, 3)
+        for watcher in watchers:
+            self.assertEqual([m["text"] for m in watcher.received()], ["hi"])
+
+    def test_several_events_in_order(self) -> None:
+        """Events of one turn reach every watcher in order, in one write."""
+        h = Harness()
+        talker, watchers = self.watchers(h, 2)
+        writes = [count_writes(self, w) for w in watchers]
+        talker.send(*[status(t) for t in ("a", "b", "c")])
+        one_turn(h.clock)
+        self.assertEqual([len(w) for w in writes], [1, 1])
+        for watcher in watchers:
+            self.assertEqual(
+                [m["text"] for m in watcher.received()], ["a", "b", "c"]
+            )
+
+    def test_closing_watcher_gets_nothing_and_is_not_counted(self) -> None:
+        """A watcher that is closing is skipped and not counted."""
+        h = Harness()
+        talker, (open_, closing) = self.watchers(h, 2)
+        closing.session.closing = True
+        before = h.server.metrics.deliveries
+        talker.send(status("hi"))
+        one_turn(h.clock)
+        self.assertEqual(h.server.metrics.deliveries - before, 1)
+        self.assertEqual([m["text"] for m in open_.received()], ["hi"])
+        self.assertEqual(closing.received(), [])
+
+    def test_large_turn_goes_out_early_for_each(self) -> None:
+        """Each watcher's lines reach its transport once they pass
+        FLUSH_EARLY, before the turn ends, all of them in order."""
+        h = Harness(turn_budget=10_000)
+        talker, watchers = self.watchers(h, 2)
+        writes = [count_writes(self, w) for w in watchers]
+        texts = [f"{i:04d}" + "x" * 250 for i in range(600)]
+        talker.send(*[status(t) for t in texts])
+        for written in writes:
+            self.assertGreater(len(written), 0)
+            for data in written:
+                self.assertGreaterEqual(len(data), FLUSH_EARLY)
+        one_turn(h.clock)
+        for watcher in watchers:
+            self.assertEqual([m["text"] for m in watcher.received()], texts)
+
+    def test_paused_watcher_among_others(self) -> None:
+        """A paused watcher passing --max-buffer gets error 14 and is
+        aborted in the turn; the other watcher gets every event."""
+        h = Harness(max_buffer=1000)
+        talker, (paused, reading) = self.watchers(h, 2)
+        paused.proto.pauseProducing()
+        texts = [str(i) * 50 for i in range(20)]
+        talker.send(*[status(t) for t in texts])
+        one_turn(h.clock)
+        self.assertTrue(paused.aborted)
+        self.assertEqual(paused.received()[-1]["error"], int(ErrorCode.SLOW_CONSUMER))
+        self.assertFalse(reading.aborted)
+        self.assertEqual([m["text"] for m in reading.received()], texts)
+        paused.lose()
+        self.assertEqual(h.server.unsent, 0)
+
+    def test_v0_watcher_through_deliver(self) -> None:
+        """A v0 watcher's event is queued for its next poll (deliver's
+        work), not pushed, and not counted as a delivery."""
+        h = Harness()
+        talker, (pushed, polled) = self.watchers(h, 2)
+        polled.session.use_v0()
+        before = h.server.metrics.deliveries
+        talker.send(status("hi"))
+        one_turn(h.clock)
+        self.assertEqual([m["text"] for m in pushed.received()], ["hi"])
+        self.assertEqual(polled.transport.value(), b"")
+        self.assertGreater(polled.session.v0.pending, 0)
+        self.assertEqual(h.server.metrics.deliveries - before, 1)
+
+
 class WriteTurnOverWebSocketTests(WriteTurnTests):
     """The same over WebSocket: one TCP write holds one frame per event."""
 
@@ -255,7 +356,8 @@ class CountingSocket:
 
 
 class LoopbackSendTests(TestCase):
-    """Over real loopback sockets: the send(2) calls on a watcher's socket."""
+    """Over real loopback sockets: the send(2) calls on a watcher's socket
+    (the line front end's direct writes and Twisted's own)."""
 
     timeout = 20
 
@@ -286,6 +388,19 @@ class LoopbackSendTests(TestCase):
         assert isinstance(proto, LineProtocol)
         self.socket = CountingSocket(proto.transport.socket)
         proto.transport.socket = self.socket
+        self.direct = 0
+        fd, send = proto.transport.fileno(), lines._send
+
+        def counting(to: int, data: bytes) -> int:
+            if to == fd:
+                self.direct += 1
+            return send(to, data)
+
+        self.patch(lines, "_send", counting)
+
+    @property
+    def sends(self) -> int:
+        return self.direct + self.socket.sends
 
     def session_of(self, uid: int) -> Session:
         (session,) = [s for s in self.server.connections if s.user_id == uid]
@@ -316,7 +431,7 @@ class LoopbackSendTests(TestCase):
         texts = [str(i) for i in range(10)]
         reactor.callLater(0, self.change, *texts)
         self.assertEqual((yield self.receive(10)), texts)
-        self.assertEqual(self.socket.sends, 1)
+        self.assertEqual(self.sends, 1)
 
     @defer.inlineCallbacks
     def test_one_send_per_event_in_separate_turns(self) -> Any:
@@ -325,4 +440,4 @@ class LoopbackSendTests(TestCase):
         for text in ("a", "b", "c"):
             reactor.callLater(0, self.change, text)
             self.assertEqual((yield self.receive(1)), [text])
-        self.assertEqual(self.socket.sends, 3)
+        self.assertEqual(self.sends, 3)

@@ -121,6 +121,45 @@ class FakeSessionTests(unittest.SynchronousTestCase):
         self.assertTrue(verifyObject(ISession, FakeSession(1)))
 
 
+class FanoutTests(RegistryTestCase):
+    """A registry given a fan-out (a server's cheaper loop) hands it an
+    event for several watchers; a lone watcher still gets C{deliver}."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.fanned: list[tuple[list[str], bytes]] = []
+
+        def fanout(sessions: Any, data: bytes) -> None:
+            self.fanned.append(([s.name for s in sessions], data))
+            for s in sessions:
+                s.deliver(data)
+
+        self.registry = Registry(self.clock, fanout=fanout)
+
+    def test_several_watchers(self) -> None:
+        """Two watchers of a change: one fan-out call holding both."""
+        a = self.login(1, [3], name="a")
+        b = self.login(2, [3], name="b")
+        talker = self.login(3)
+        self.drain(a, b)
+        self.fanned.clear()
+        self.status(talker, "away")
+        self.assertEqual(len(self.fanned), 1)
+        names, data = self.fanned[0]
+        self.assertEqual(sorted(names), ["a", "b"])
+        self.assertEqual(orjson.loads(data), online(3, "away"))
+        self.assertEqual(a.take(), [online(3, "away")])
+
+    def test_lone_watcher(self) -> None:
+        """One watcher: its deliver, no fan-out call."""
+        a = self.login(1, [3], name="a")
+        talker = self.login(3)
+        self.drain(a)
+        self.status(talker, "busy")
+        self.assertEqual(self.fanned, [])
+        self.assertEqual(a.take(), [online(3, "busy")])
+
+
 class SnapshotAndEventTests(RegistryTestCase):
     def test_snapshot_after_login(self) -> None:
         """

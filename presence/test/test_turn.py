@@ -12,9 +12,11 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import selectreactor
+from twisted.internet import selectreactor, tcp
 from twisted.internet.base import DelayedCall
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from presence.server import turn
@@ -211,3 +213,89 @@ class TurnEndTests(SynchronousTestCase):
         self.reader("a", deliver_and_flush).peer.send(b"x")
         self.reactor.doIteration(0)
         self.assertEqual(self.log, ["read a", "flush"])
+
+
+class Recorder(Protocol):
+    """A protocol that records what it is told (and can fail on a read)."""
+
+    def __init__(self, log: list[str], fail: bool = False) -> None:
+        self.log = log
+        self.fail = fail
+
+    def dataReceived(self, data: bytes) -> None:
+        self.log.append(f"data {data.decode()}")
+        if self.fail:
+            raise RuntimeError("handler failed")
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.log.append(f"lost {type(reason.value).__name__}")
+
+
+class TcpReadTests(SynchronousTestCase):
+    """A TCP connection's read events, which the turn end's poll handles
+    itself (not through the reactor's _doReadOrWrite): the protocol gets
+    the data, a closed peer or a failing handler ends the connection as
+    Twisted's own handling would."""
+
+    if EPollReactor is None:
+        skip = "no epoll here"
+
+    def setUp(self) -> None:
+        self.reactor = EPollReactor()
+        self.addCleanup(self.reactor._poller.close)
+        self.end = turn.turn_end(self.reactor)
+        assert self.end is not None
+        self.addCleanup(self.end.uninstall)
+        self.log: list[str] = []
+        self.generic: list[int] = []
+        original = self.reactor._doReadOrWrite
+
+        def counted(selectable: Any, fd: int, event: int) -> None:
+            self.generic.append(event)
+            original(selectable, fd, event)
+
+        self.patch(self.reactor, "_doReadOrWrite", counted)
+
+    def connect(self, fail: bool = False) -> tuple[tcp.Server, socket.socket]:
+        ours, peer = socket.socketpair()
+        ours.setblocking(False)
+        self.addCleanup(peer.close)
+        protocol = Recorder(self.log, fail)
+        server = tcp.Server(
+            ours, protocol, ("127.0.0.1", 1), None, 1, self.reactor  # type: ignore[arg-type]
+        )
+        protocol.makeConnection(server)
+        self.addCleanup(self.reactor.removeAll)
+        return server, peer
+
+    def test_read(self) -> None:
+        """Data is handed to the protocol; the reactor's generic handler is
+        not called."""
+        _, peer = self.connect()
+        peer.sendall(b"hi")
+        self.reactor.doIteration(0)
+        self.assertEqual(self.log, ["data hi"])
+        self.assertEqual(self.generic, [])
+
+    def test_peer_closed(self) -> None:
+        """A peer that closes ends the connection cleanly."""
+        _, peer = self.connect()
+        peer.close()
+        self.reactor.doIteration(0)
+        self.assertEqual(self.log, ["lost ConnectionDone"])
+
+    def test_failing_handler(self) -> None:
+        """A handler that raises is logged and its connection ended with
+        that error."""
+        _, peer = self.connect(fail=True)
+        peer.sendall(b"x")
+        self.reactor.doIteration(0)
+        self.assertEqual(self.log, ["data x", "lost RuntimeError"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_writable_goes_the_generic_way(self) -> None:
+        """An event that is not a plain read goes to the reactor's handler."""
+        server, _ = self.connect()
+        server.startWriting()
+        self.reactor.doIteration(0)
+        self.assertEqual(len(self.generic), 1)

@@ -66,11 +66,22 @@ class DirectWriterTests(TestCase):
         self.assertTrue(writer.supported(server.transport))
 
     @defer.inlineCallbacks
+    def test_direct_fd(self):
+        """direct_fd gives the socket's descriptor, and leaves the two
+        buffer attributes the writer reads on the instance, at the values
+        Twisted starts with (so that reading them is not a class lookup)."""
+        server, _ = yield self.connect()
+        t = server.transport
+        self.assertNotIn("dataBuffer", vars(t))
+        self.assertEqual(writer.direct_fd(t), t.fileno())
+        self.assertEqual((vars(t)["dataBuffer"], vars(t)["disconnecting"]), (b"", 0))
+
+    @defer.inlineCallbacks
     def test_sends_at_once(self):
         """A write on an idle TCP connection leaves nothing queued in Twisted."""
         server, sink = yield self.connect()
         self.assertIsInstance(server.transport, tcp.Server)
-        writer.write_now(server.transport, b"hello\n")
+        writer.write_now(server.transport, server.transport.fileno(), b"hello\n")
         self.assertEqual(server.transport.dataBuffer, b"")
         self.assertEqual(server.transport._tempDataLen, 0)
         sink.expected = 6
@@ -86,7 +97,7 @@ class DirectWriterTests(TestCase):
         sink.transport.pauseProducing()
         lines = [b"%06d:" % i + b"x" * 1000 + b"\n" for i in range(3000)]
         for line in lines:
-            writer.write_now(server.transport, line)
+            writer.write_now(server.transport, server.transport.fileno(), line)
         # The kernel buffers filled up: the rest is queued in Twisted.
         self.assertTrue(server.transport._tempDataLen or server.transport.dataBuffer)
         sink.expected = sum(map(len, lines))
@@ -101,7 +112,7 @@ class DirectWriterTests(TestCase):
         )
         sink.expected += 4
         sink.done = defer.Deferred()
-        writer.write_now(server.transport, b"end\n")
+        writer.write_now(server.transport, server.transport.fileno(), b"end\n")
         self.assertEqual(
             (server.transport.dataBuffer, server.transport._tempDataLen), (b"", 0)
         )
@@ -113,3 +124,4 @@ class FallbackTests(SynchronousTestCase):
     def test_other_transports(self) -> None:
         """Transports that are not plain TCP servers are not written to directly."""
         self.assertFalse(writer.supported(StringTransport()))
+        self.assertEqual(writer.direct_fd(StringTransport()), -1)

@@ -23,7 +23,7 @@ from presence.wire import (
     user_id,
 )
 from presence.wire.errors import ErrorCode, ProtocolError
-from presence.wire.frozen import quick_init
+from presence.wire.frozen import maker, quick_init
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +82,9 @@ class Friends:
 
 Message = Login | Ping | Pong | Bye | Status | Friends
 
+# Status(...), built the faster way: one per status message.
+_new_status = maker(Status)
+
 PING, PONG, BYE = Ping(), Pong(), Bye()
 
 
@@ -105,7 +108,7 @@ def parse(line: bytes, max_friends: int, me: int | None) -> Message:
     if kind == "bye":
         return BYE
     if kind == "status":
-        return Status(status_fields(obj, required=True))
+        return _new_status(status_fields(obj, required=True))
     if kind == "friends":
         assert me is not None
         return friends_message(obj, me, max_friends)

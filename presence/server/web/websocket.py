@@ -70,7 +70,7 @@ from presence.server.web.wsframes import (
     readable,
     wsproto_idle,
 )
-from presence.server.writer import supported, write_now
+from presence.server.writer import direct_fd, write_now
 from presence.wire import keepalive
 from presence.wire.errors import ErrorCode, ProtocolError
 
@@ -91,7 +91,7 @@ class WebSocketPeer:
     __slots__ = (
         "_batch",
         "_delivered",
-        "_direct",
+        "_fd",
         "_paused",
         "_reads",
         "_unfinished",
@@ -130,7 +130,7 @@ class WebSocketPeer:
         self._delivered = False
         self._batch: list[bytes] | None = None  # the messages of this read
         self._paused = False
-        self._direct = False  # writes may bypass the transport's queue
+        self._fd = -1  # the socket's, while writes may bypass the transport
         self._reads = False  # whole text frames may bypass wsproto (wsframes)
 
     # -- twisted.web.websocket's WebSocketProtocol -----------------------------
@@ -152,7 +152,7 @@ class WebSocketPeer:
             channel.requests.clear()
         if ITCPTransport.providedBy(self.tcp):
             self.tcp.setTcpNoDelay(True)
-        self._direct = supported(self.tcp)
+        self._fd = direct_fd(self.tcp)
         self._reads = readable(self.ws)
         # Count what arrives before Twisted's wire protocol buffers it.
         inner = channel.dataReceived
@@ -253,11 +253,11 @@ class WebSocketPeer:
     def write(self, data: bytes) -> None:
         if self.closing or self.tcp is None:
             return
-        if self._direct:
+        if self._fd >= 0:
             # As the line front end does (presence.server.writer): sent at
             # once when nothing is queued, instead of an epoll registration,
             # a later doWrite and an unregistration per write.
-            write_now(self.tcp, frames(data))
+            write_now(self.tcp, self._fd, frames(data))
         else:
             self.tcp.write(frames(data))
 
