@@ -46,21 +46,29 @@ def _plain_fields(cls: type) -> list[dataclasses.Field[Any]]:
     return fields
 
 
-def quick_init(cls: type[T]) -> type[T]:
-    """Replace C{cls.__init__} (a frozen, slotted dataclass with plain
-    defaults and no C{__post_init__}) with one that sets its slots directly."""
-    names: list[str] = []
-    args: list[str] = []
-    namespace: dict[str, Any] = {}
-    for f in _plain_fields(cls):
-        names.append(f.name)
-        namespace[f"set_{f.name}"] = vars(cls)[f.name].__set__
+def _parameters(fields: list[dataclasses.Field[Any]], namespace: dict[str, Any]
+                ) -> str:
+    """The generated C{__init__}'s parameter list; each default is put in
+    C{namespace} under C{default_NAME}, where the list refers to it."""
+    args = []
+    for f in fields:
         if f.default is dataclasses.MISSING:
             args.append(f.name)
         else:
             namespace[f"default_{f.name}"] = f.default
             args.append(f"{f.name}=default_{f.name}")
-    lines = [f"def __init__(self, {', '.join(args)}):"]
+    return ", ".join(args)
+
+
+def quick_init(cls: type[T]) -> type[T]:
+    """Replace C{cls.__init__} (a frozen, slotted dataclass with plain
+    defaults and no C{__post_init__}) with one that sets its slots directly."""
+    fields = _plain_fields(cls)
+    names = [f.name for f in fields]
+    namespace: dict[str, Any] = {
+        f"set_{name}": vars(cls)[name].__set__ for name in names
+    }
+    lines = [f"def __init__(self, {_parameters(fields, namespace)}):"]
     lines += [f"    set_{name}(self, {name})" for name in names] or ["    pass"]
     exec("\n".join(lines), namespace)  # code from the fields' own names
     init = namespace["__init__"]
@@ -77,14 +85,7 @@ def maker(cls: type[T]) -> Callable[..., T]:
     paths; C{cls(...)} stays the way everywhere else."""
     fields = _plain_fields(cls)
     namespace: dict[str, Any] = {"cls": cls}
-    args: list[str] = []
-    for f in fields:
-        if f.default is dataclasses.MISSING:
-            args.append(f.name)
-        else:
-            namespace[f"default_{f.name}"] = f.default
-            args.append(f"{f.name}=default_{f.name}")
-    lines = [f"def __init__(self, {', '.join(args)}):"]
+    lines = [f"def __init__(self, {_parameters(fields, namespace)}):"]
     lines += [f"    self.{f.name} = {f.name}" for f in fields]
     lines += ["    self.__class__ = cls"]
     exec("\n".join(lines), namespace)  # code from the fields' own names
