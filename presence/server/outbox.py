@@ -77,8 +77,7 @@ class Outbox:
     def schedule(self) -> None:
         """Flush when the reactor has handled this turn's events."""
         end = self._end
-        if end is not None and end.dispatching:
-            end.pending.append(self.flush)
+        if end is not None and end.later(self.flush):
             self.call = AT_TURN_END
         else:
             self.call = self._clock.callLater(0, self.flush)
