@@ -132,13 +132,33 @@ def write_jsonl(comparison: dict[str, Any], path: Path) -> None:
                             "notes": comparison["notes"]}) + "\n")
 
 
+def label_ratio(ax: Any, ratio: float, y: float, fontsize: int) -> None:
+    """C{ratio}'s text beside the end of its bar (a bar grows from 1.0)."""
+    ax.annotate(ratio_text(ratio), (ratio, y), va="center", fontsize=fontsize,
+                textcoords="offset points",
+                xytext=(3, 0) if ratio >= 1 else (-3, 0),
+                ha="left" if ratio >= 1 else "right")
+
+
+def ratio_axis(ax: Any, ratios: list[float], margin: float) -> None:
+    """The x axis of ratios: log scale around 1.0x (marked), C{margin}
+    times beyond the smallest and largest ratio."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.set_xscale("log")
+    low, high = min([*ratios, 1.0]), max([*ratios, 1.0])
+    ax.set_xlim(low / margin, high * margin)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.axvline(1.0, color="black", linewidth=1)
+
+
 def plot_ratios(comparison: dict[str, Any], path: Path) -> None:
     """A bar per figure: presence's median over Redis's (log scale)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     shown = [r for r in rows(comparison) if r["ratio"]]
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(shown) + 1.6))
@@ -155,18 +175,10 @@ def plot_ratios(comparison: dict[str, Any], path: Path) -> None:
     ax.barh(range(len(shown)), [r - 1.0 for r in ratios], left=1.0,
             color=[color(r) for r in shown])
     for y, ratio in enumerate(ratios):
-        ax.annotate(ratio_text(ratio), (ratio, y), va="center", fontsize=8,
-                    textcoords="offset points",
-                    xytext=(3, 0) if ratio >= 1 else (-3, 0),
-                    ha="left" if ratio >= 1 else "right")
+        label_ratio(ax, ratio, y, fontsize=8)
     ax.set_yticks(range(len(shown)), names, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xscale("log")
-    low, high = min([*ratios, 1.0]), max([*ratios, 1.0])
-    ax.set_xlim(low / 1.6, high * 1.6)
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.axvline(1.0, color="black", linewidth=1)
+    ratio_axis(ax, ratios, margin=1.6)
     ax.set_xlabel("presence / Redis, medians of the rounds")
     meta = comparison["meta"]
     ax.set_title(f"{path_name(meta)} against Redis pub/sub: {meta['users']} users x "

@@ -18,7 +18,12 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from presence.bench.against_report import PULL_BOUND, ratio_text
+from presence.bench.against_report import (
+    PULL_BOUND,
+    label_ratio,
+    ratio_axis,
+    ratio_text,
+)
 
 # key prefix, column heading (two lines), whether it is paced (else flat out)
 COLUMNS = (
@@ -93,7 +98,6 @@ def plot(summaries: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     n = len(summaries)
     height = 0.8 / max(1, n)
@@ -110,20 +114,12 @@ def plot(summaries: list[dict[str, Any]], path: Path) -> None:
                     color=colors[i % len(colors)], hatch=None if ok else "//",
                     alpha=1.0 if ok else 0.45, label=label)
             label = None
-            ax.annotate(ratio_text(ratio), (ratio, y), va="center", fontsize=7,
-                        textcoords="offset points",
-                        xytext=(3, 0) if ratio >= 1 else (-3, 0),
-                        ha="left" if ratio >= 1 else "right")
+            label_ratio(ax, ratio, y, fontsize=7)
             shown.append(ratio)
     ax.set_yticks(range(len(COLUMNS)), [" ".join(c[1]).strip() for c in COLUMNS],
                   fontsize=8)
     ax.invert_yaxis()
-    ax.set_xscale("log")
-    low, high = min([*shown, 1.0]), max([*shown, 1.0])
-    ax.set_xlim(low / 2.5, high * 2.5)
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.axvline(1.0, color="black", linewidth=1)
+    ratio_axis(ax, shown, margin=2.5)
     ax.set_xlabel("presence / Redis pub/sub, medians of the rounds "
                   "(hatched: set by v0's polls, not comparable)")
     first = summaries[0]["meta"] if summaries else {}
